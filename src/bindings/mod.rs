@@ -1,0 +1,14 @@
+//! The PyO3 layer: argument extraction, GIL release and error mapping only. No math here.
+mod errors;
+mod kernels;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Tensors may only be wrapped once torch's Python side is initialised (tch-rs #723).
+    m.py().import("torch")?;
+    m.add("__torch_version__", crate::TORCH_VERSION)?;
+    kernels::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Safe wrappers over `shim/ops.cpp`: ATen ops that tch does not expose.
+use crate::error::Result;
+use std::ffi::{c_char, CStr};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn byol_free_error(err: *mut c_char);
+    fn byol_foreach_lerp_(
+        s: *const *const C_tensor,
+        e: *const *const C_tensor,
+        n: usize,
+        weight: f64,
+    ) -> *mut c_char;
+    fn byol_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn byol_set_grad(param: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
+}
+
+fn check(err: *mut c_char) -> Result<()> {
+    if err.is_null() {
+        return Ok(());
+    }
+    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { byol_free_error(err) };
+    Err(tch::TchError::Torch(msg).into())
+}
+
+/// `this[i] += weight * (end[i] - this[i])` for all i in one `_foreach_lerp_` call.
+pub fn foreach_lerp_(this: &[Tensor], end: &[Tensor], weight: f64) -> Result<()> {
+    let s: Vec<_> = this.iter().map(|t| t.as_ptr()).collect();
+    let e: Vec<_> = end.iter().map(|t| t.as_ptr()).collect();
+    check(unsafe { byol_foreach_lerp_(s.as_ptr(), e.as_ptr(), s.len(), weight) })
+}
+
+/// A channels_last (NHWC in memory) copy of an NCHW tensor.
+pub fn channels_last(t: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { byol_channels_last(t.as_ptr(), &mut out) })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Installs `grad` as `param.grad`; autograd then accumulates into it in place.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
+    check(unsafe { byol_set_grad(param.as_ptr(), grad.as_ptr()) })
+}
