@@ -1,0 +1,34 @@
+"""Shared helpers for the side-by-side benchmarks: median timing and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import time
+from typing import Callable
+
+RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def write_section(name: str, body: str) -> None:
+    """Replaces the text between `<!-- name -->` and `<!-- /name -->` in RESULTS.md."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 1: set everything up on a fresh machine, build, and run the main job.
+source "$(dirname "$0")/common.sh"
+ensure_venv
+ensure_fashion_mnist
+build_extension
+python -m byol_rs "${@:-demo}"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2: every test, Rust engine (cargo test) and Python API (pytest).
+source "$(dirname "$0")/common.sh"
+ensure_venv
+ensure_fashion_mnist
+build_extension
+cargo test --quiet
+python -m pytest -q "$@"
