@@ -15,3 +15,8 @@ pub use error::{Error, Result};
 
 /// The torch release this build links against; tch 0.24 pairs with exactly this one.
 pub const TORCH_VERSION: &str = "2.11.0";
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod optim;
+pub mod train;

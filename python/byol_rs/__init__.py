@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
     CheckpointError,
     NonFiniteLossError,
 )
+from .learner import BYOL  # noqa: E402
 from .kernels import (  # noqa: E402
     byol_loss,
     cosine_tau,
@@ -38,6 +39,7 @@ from .kernels import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "BYOL",
     "ByolError",
     "ByolTypeError",
     "ByolValueError",

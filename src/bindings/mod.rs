@@ -1,6 +1,7 @@
 //! The PyO3 layer: argument extraction, GIL release and error mapping only. No math here.
 mod errors;
 mod kernels;
+mod learner;
 
 use pyo3::prelude::*;
 
@@ -10,5 +11,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.py().import("torch")?;
     m.add("__torch_version__", crate::TORCH_VERSION)?;
     kernels::register(m)?;
+    m.add_class::<learner::PyLearner>()?;
     Ok(())
 }

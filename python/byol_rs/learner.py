@@ -1,0 +1,178 @@
+"""``byol_rs.BYOL``: the learner. A thin wrapper over the Rust engine (src/train.rs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from . import _core
+from .errors import ByolTypeError
+
+_TYPES = {
+    "backbone": str, "in_channels": int, "small_image": bool, "projector_hidden": int,
+    "projection_dim": int, "predictor_hidden": int, "optimizer": str, "lr": (float, type(None)),
+    "batch_size": (int, type(None)), "weight_decay": float, "momentum": float, "eta": float,
+    "betas": tuple, "adam_eps": float, "total_steps": int, "warmup_steps": int, "final_lr": float,
+    "tau_base": float, "tau_final": float, "accumulate": int, "ema_bn_stats": bool,
+    "on_nonfinite": str, "precision": str, "device": str, "seed": int, "channels_last": bool,
+    "allow_unsafe": bool, "preset": (str, type(None)), "steps_per_epoch": (int, type(None)),
+}
+
+
+def _check_type(name: str, value: Any) -> Any:
+    expected = _TYPES[name]
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if bool not in allowed and isinstance(value, bool) or not isinstance(value, allowed):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        raise ByolTypeError(f"{name}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+class BYOL:
+    """A BYOL learner (Grill et al. 2020, arXiv 2006.07733) whose step runs in Rust.
+
+    Online network: backbone f, projector g, predictor q (Linear-BN-ReLU-Linear, 4096/256);
+    target network: f and g, an exact copy at start, then an EMA (eq. 1) with tau rising from
+    ``tau_base`` to ``tau_final`` on a cosine. Defaults are the paper's: LARS (momentum 0.9,
+    eta 1e-3, weight decay 1.5e-6; biases and BN parameters excluded), lr 0.2 x batch/256
+    with linear warm-up then cosine decay.
+
+    ``preset="40ep" | "100ep" | "300ep" | "1000ep"`` with ``steps_per_epoch`` applies the
+    paper's lr, weight decay and tau for that length, with 10 warm-up epochs.
+
+    ``ema_bn_stats=False`` (default): the target runs in training mode with its own BN batch
+    statistics, as in the official code, where the target's running statistics are never used;
+    ``True`` makes its running statistics an EMA of the online ones, for using the target in
+    eval mode.
+
+    >>> learner = BYOL("convnet", in_channels=1, projector_hidden=64, predictor_hidden=64,
+    ...                projection_dim=32, total_steps=10)
+    >>> metrics = learner.step(torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28))
+    >>> sorted(metrics)
+    ['loss', 'lr', 'skipped_steps', 'step', 'tau', 'updated', 'z_std']
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        *,
+        in_channels: int = 3,
+        small_image: bool = False,
+        projector_hidden: int = 4096,
+        projection_dim: int = 256,
+        predictor_hidden: int = 4096,
+        optimizer: str = "lars",
+        lr: Optional[float] = None,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1.5e-6,
+        momentum: float = 0.9,
+        eta: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        total_steps: int = 1000,
+        warmup_steps: int = 0,
+        final_lr: float = 0.0,
+        tau_base: float = 0.996,
+        tau_final: float = 1.0,
+        accumulate: int = 1,
+        ema_bn_stats: bool = False,
+        on_nonfinite: str = "raise",
+        precision: str = "fp32",
+        device: str = "cpu",
+        seed: int = 0,
+        channels_last: bool = True,
+        allow_unsafe: bool = False,
+        preset: Optional[str] = None,
+        steps_per_epoch: Optional[int] = None,
+    ) -> None:
+        config = {k: _check_type(k, v) for k, v in locals().items() if k in _TYPES}
+        self._engine = _core.Learner(json.dumps(config))
+
+    @classmethod
+    def _wrap(cls, engine: "_core.Learner") -> "BYOL":
+        self = cls.__new__(cls)
+        self._engine = engine
+        return self
+
+    def step(self, view1: torch.Tensor, view2: torch.Tensor) -> Dict[str, Any]:
+        """One BYOL step on two augmented views ``[N, C, H, W]`` (float, normalised).
+
+        Online forward on each view separately, target forward under no_grad, the
+        symmetrised loss, backward, the optimizer update and the EMA, all in Rust with the
+        GIL released. Returns ``loss, lr, tau, step, z_std, updated, skipped_steps``.
+        A non-finite loss raises :class:`NonFiniteLossError` and changes nothing
+        (``on_nonfinite="skip"`` counts it instead).
+        """
+        return self._engine.step(view1, view2)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode backbone features ``[N, feature_dim]`` without gradients."""
+        return self._engine.embed(x)
+
+    def named_parameters(self) -> Dict[str, torch.Tensor]:
+        """Online parameters; the tensors share storage with the Rust model."""
+        return self._engine.named_parameters()
+
+    def target_named_parameters(self) -> Dict[str, torch.Tensor]:
+        """Target parameters (no predictor); shared storage."""
+        return self._engine.target_named_parameters()
+
+    def named_buffers(self) -> Dict[str, torch.Tensor]:
+        """Online BN running statistics; shared storage."""
+        return self._engine.named_buffers()
+
+    def target_named_buffers(self) -> Dict[str, torch.Tensor]:
+        """Target BN running statistics; shared storage."""
+        return self._engine.target_named_buffers()
+
+    def optimizer_state(self) -> Dict[str, torch.Tensor]:
+        """Optimizer state as ``<param>.momentum_buffer`` or ``<param>.exp_avg[_sq]``."""
+        return self._engine.optimizer_state()
+
+    def backbone_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The online backbone under torchvision's keys, without ``fc``.
+
+        >>> import torchvision
+        >>> learner = BYOL("resnet18", projector_hidden=8, predictor_hidden=8, projection_dim=4)
+        >>> net = torchvision.models.resnet18(); net.fc = torch.nn.Identity()
+        >>> net.load_state_dict(learner.backbone_state_dict(), strict=True)
+        <All keys matched successfully>
+
+        With ``small_image=True`` first set ``net.conv1 = nn.Conv2d(C, 64, 3, 1, 1, bias=False)``
+        and ``net.maxpool = nn.Identity()``.
+        """
+        return self._engine.backbone_state_dict()
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The resolved configuration as a plain dict."""
+        cfg = json.loads(self._engine.config_json())
+        cfg["betas"] = tuple(cfg["betas"])
+        return cfg
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer updates done so far."""
+        return self._engine.step_count
+
+    @property
+    def skipped_steps(self) -> int:
+        return self._engine.skipped_steps
+
+    def save(self, path: "str | os.PathLike[str]") -> None:
+        """Writes the full training state atomically (safetensors with JSON metadata)."""
+        self._engine.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]", device: Optional[str] = None) -> "BYOL":
+        """Restores a learner saved with :meth:`save`, optionally onto another device."""
+        return cls._wrap(_core.Learner.load(os.fspath(path), device))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"BYOL({c['backbone']!r}, optimizer={c['optimizer']!r}, step={self.step_count})"

@@ -1,0 +1,112 @@
+//! `byol_rs._core.Learner`: one engine `train::Learner` behind a mutex (tch tensors are not Sync).
+use super::errors::run;
+use crate::checkpoint;
+use crate::config::LearnerConfig;
+use crate::train::Learner;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use tch::Tensor;
+
+#[pyclass(name = "Learner", module = "byol_rs._core")]
+pub struct PyLearner(Mutex<Learner>);
+
+fn named(py: Python<'_>, items: Vec<(String, Tensor)>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, t) in items {
+        d.set_item(k, PyTensor(t))?;
+    }
+    Ok(d)
+}
+
+impl PyLearner {
+    fn with<T>(&self, f: impl FnOnce(&mut Learner) -> T) -> T {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+#[pymethods]
+impl PyLearner {
+    /// Builds a learner from a JSON config (see `byol_rs.BYOL` for the fields).
+    #[new]
+    fn new(py: Python<'_>, config_json: String) -> PyResult<Self> {
+        let learner = run(py, move || Learner::new(LearnerConfig::from_json(&config_json)?))?;
+        Ok(Self(Mutex::new(learner)))
+    }
+
+    /// One training step; returns the metrics as a dict.
+    fn step<'py>(&self, py: Python<'py>, view1: PyTensor, view2: PyTensor) -> PyResult<Bound<'py, PyDict>> {
+        let (v1, v2) = (view1.0, view2.0);
+        let m = run(py, move || self.with(|l| l.step(&v1, &v2)))?;
+        let d = PyDict::new(py);
+        d.set_item("loss", m.loss)?;
+        d.set_item("lr", m.lr)?;
+        d.set_item("tau", m.tau)?;
+        d.set_item("step", m.step)?;
+        d.set_item("z_std", m.z_std)?;
+        d.set_item("updated", m.updated)?;
+        d.set_item("skipped_steps", m.skipped_steps)?;
+        Ok(d)
+    }
+
+    /// Eval-mode backbone features of `x`.
+    fn embed(&self, py: Python<'_>, x: PyTensor) -> PyResult<PyTensor> {
+        let x = x.0;
+        run(py, move || self.with(|l| l.embed(&x))).map(PyTensor)
+    }
+
+    fn named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        named(py, self.with(|l| l.params.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+    }
+
+    fn target_named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        named(py, self.with(|l| l.target_params.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+    }
+
+    fn named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        named(py, self.with(|l| l.buffers.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+    }
+
+    fn target_named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        named(py, self.with(|l| l.target_buffers.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+    }
+
+    fn optimizer_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        named(py, self.with(|l| l.optimizer.state()))
+    }
+
+    fn backbone_state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let items = run(py, || self.with(|l| l.backbone_state_dict()))?;
+        named(py, items)
+    }
+
+    /// The resolved config as JSON.
+    fn config_json(&self) -> String {
+        self.with(|l| l.config.to_json())
+    }
+
+    #[getter]
+    fn step_count(&self) -> i64 {
+        self.with(|l| l.step)
+    }
+
+    #[getter]
+    fn skipped_steps(&self) -> i64 {
+        self.with(|l| l.skipped_steps)
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        run(py, || self.with(|l| checkpoint::save(l, &path)))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, device=None))]
+    fn load(py: Python<'_>, path: PathBuf, device: Option<String>) -> PyResult<Self> {
+        let learner = run(py, move || checkpoint::load(&path, device.as_deref()))?;
+        Ok(Self(Mutex::new(learner)))
+    }
+}
+

@@ -1,0 +1,185 @@
+//! Backbones with torchvision's module layout, so that VarStore names equal torchvision's
+//! state-dict keys (He et al., "Deep Residual Learning", arXiv 1512.03385; torchvision v1.5
+//! bottleneck with the stride on the 3x3 conv). The classifier `fc` is left out.
+use crate::error::{value_error, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use tch::nn::{self, Init, ModuleT};
+use tch::Tensor;
+
+/// Which encoder, and how its stem is shaped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackboneConfig {
+    /// `resnet18`, `resnet34`, `resnet50` or `convnet`.
+    pub name: String,
+    /// 1 for grayscale, 3 for colour.
+    pub in_channels: i64,
+    /// 3x3 stride-1 stem and no max-pool, for images of 64 px or less.
+    pub small_image: bool,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        Self { name: "resnet50".into(), in_channels: 3, small_image: false }
+    }
+}
+
+impl BackboneConfig {
+    /// Width of the feature vector the backbone returns.
+    pub fn feature_dim(&self) -> Result<i64> {
+        match self.name.as_str() {
+            "resnet18" | "resnet34" => Ok(512),
+            "resnet50" => Ok(2048),
+            "convnet" => Ok(256),
+            other => Err(value_error(
+                "backbone",
+                format!("expected one of resnet18, resnet34, resnet50, convnet; got {other:?}"),
+            )),
+        }
+    }
+}
+
+/// torchvision's conv init: kaiming normal, fan out, ReLU gain.
+const CONV_INIT: Init = Init::Kaiming {
+    dist: NormalOrUniform::Normal,
+    fan: FanInOut::FanOut,
+    non_linearity: NonLinearity::ReLU,
+};
+
+fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig { stride, padding, bias: false, ws_init: CONV_INIT, ..Default::default() };
+    nn::conv2d(p, c_in, c_out, k, cfg)
+}
+
+fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, Default::default())
+}
+
+/// A residual block: `relu(body(x) + shortcut(x))`.
+#[derive(Debug)]
+pub struct Block {
+    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl Block {
+    fn basic(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+        let convs = vec![
+            (conv(p / "conv1", c_in, c_out, 3, stride, 1), bn(p / "bn1", c_out)),
+            (conv(p / "conv2", c_out, c_out, 3, 1, 1), bn(p / "bn2", c_out)),
+        ];
+        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride) }
+    }
+
+    fn bottleneck(p: &nn::Path, c_in: i64, width: i64, stride: i64) -> Self {
+        let c_out = width * 4;
+        let convs = vec![
+            (conv(p / "conv1", c_in, width, 1, 1, 0), bn(p / "bn1", width)),
+            (conv(p / "conv2", width, width, 3, stride, 1), bn(p / "bn2", width)),
+            (conv(p / "conv3", width, c_out, 1, 1, 0), bn(p / "bn3", c_out)),
+        ];
+        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride) }
+    }
+
+    fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<(nn::Conv2D, nn::BatchNorm)> {
+        (stride != 1 || c_in != c_out)
+            .then(|| (conv(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out)))
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let last = self.convs.len() - 1;
+        let mut h = x.shallow_clone();
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            h = h.apply(c).apply_t(b, train);
+            if i != last {
+                h = h.relu();
+            }
+        }
+        let skip = match &self.downsample {
+            Some((c, b)) => x.apply(c).apply_t(b, train),
+            None => x.shallow_clone(),
+        };
+        (h + skip).relu()
+    }
+}
+
+/// The feature extractor: ResNet or the compact ConvNet.
+#[derive(Debug)]
+pub enum Backbone {
+    ResNet { stem: (nn::Conv2D, nn::BatchNorm), max_pool: bool, blocks: Vec<Block> },
+    /// Four conv3x3-BN-ReLU blocks of 32-64-128-256 channels, 2x2 max-pool after the first three.
+    ConvNet { blocks: Vec<(nn::Conv2D, nn::BatchNorm)> },
+}
+
+/// Builds the backbone under `p` with torchvision's parameter names.
+pub fn backbone(p: &nn::Path, cfg: &BackboneConfig) -> Result<Backbone> {
+    if cfg.in_channels < 1 {
+        return Err(value_error("in_channels", format!("must be >= 1, got {}", cfg.in_channels)));
+    }
+    let (layers, bottleneck): (&[i64], bool) = match cfg.name.as_str() {
+        "resnet18" => (&[2, 2, 2, 2], false),
+        "resnet34" => (&[3, 4, 6, 3], false),
+        "resnet50" => (&[3, 4, 6, 3], true),
+        "convnet" => return Ok(convnet(p, cfg.in_channels)),
+        _ => return Err(cfg.feature_dim().unwrap_err()),
+    };
+    let stem = if cfg.small_image {
+        (conv(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64))
+    } else {
+        (conv(p / "conv1", cfg.in_channels, 64, 7, 2, 3), bn(p / "bn1", 64))
+    };
+    let mut blocks = vec![];
+    let mut c_in = 64;
+    for (stage, &n) in layers.iter().enumerate() {
+        let width = 64 << stage;
+        for i in 0..n {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            let bp = p / format!("layer{}", stage + 1) / i;
+            if bottleneck {
+                blocks.push(Block::bottleneck(&bp, c_in, width, stride));
+                c_in = width * 4;
+            } else {
+                blocks.push(Block::basic(&bp, c_in, width, stride));
+                c_in = width;
+            }
+        }
+    }
+    Ok(Backbone::ResNet { stem, max_pool: !cfg.small_image, blocks })
+}
+
+fn convnet(p: &nn::Path, in_channels: i64) -> Backbone {
+    let mut c_in = in_channels;
+    let blocks = [32, 64, 128, 256]
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let bp = p / "layers" / i;
+            let block = (conv(&bp / "conv", c_in, c, 3, 1, 1), bn(&bp / "bn", c));
+            c_in = c;
+            block
+        })
+        .collect();
+    Backbone::ConvNet { blocks }
+}
+
+impl ModuleT for Backbone {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = match self {
+            Backbone::ResNet { stem, max_pool, blocks } => {
+                let mut h = x.apply(&stem.0).apply_t(&stem.1, train).relu();
+                if *max_pool {
+                    h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+                }
+                blocks.iter().fold(h, |h, b| b.forward_t(&h, train))
+            }
+            Backbone::ConvNet { blocks } => {
+                let last = blocks.len() - 1;
+                blocks.iter().enumerate().fold(x.shallow_clone(), |h, (i, (c, b))| {
+                    let h = h.apply(c).apply_t(b, train).relu();
+                    if i < last { h.max_pool2d_default(2) } else { h }
+                })
+            }
+        };
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+}

@@ -1,0 +1,54 @@
+//! Named tensors re-homed as consecutive views of one flat buffer (NOTES.md), so that the EMA,
+//! gradient zeroing and all-reduce are each one kernel over all parameters.
+use crate::error::Result;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug)]
+pub struct FlatTensors {
+    pub names: Vec<String>,
+    /// The original handles (VarStore variables), now views into `flat`.
+    pub views: Vec<Tensor>,
+    pub flat: Tensor,
+}
+
+impl FlatTensors {
+    /// Moves each tensor's data into one new buffer and points the tensor at its slice.
+    pub fn adopt(named: Vec<(String, Tensor)>, kind: Kind, device: Device) -> Result<Self> {
+        let total: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
+        let flat = Tensor::f_zeros([total], (kind, device))?;
+        let _guard = tch::no_grad_guard();
+        let mut at = 0;
+        let (mut names, mut views) = (vec![], vec![]);
+        for (name, mut t) in named {
+            let n = t.numel() as i64;
+            let mut view = flat.f_narrow(0, at, n)?.f_view(t.size().as_slice())?;
+            view.f_copy_(&t)?;
+            t.set_data(&view);
+            at += n;
+            names.push(name);
+            views.push(t);
+        }
+        Ok(Self { names, views, flat })
+    }
+
+    /// A zero buffer with the same layout (gradients, optimizer moments).
+    pub fn zeros_like(&self) -> Result<Self> {
+        let flat = self.flat.f_zeros_like()?;
+        let mut at = 0;
+        let mut views = vec![];
+        for v in &self.views {
+            let n = v.numel() as i64;
+            views.push(flat.f_narrow(0, at, n)?.f_view(v.size().as_slice())?);
+            at += n;
+        }
+        Ok(Self { names: self.names.clone(), views, flat })
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.flat.numel() as i64
+    }
+
+    pub fn named(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.names.iter().zip(&self.views)
+    }
+}

@@ -1,0 +1,5 @@
+//! The networks: backbones with torchvision's layout, MLP heads, and the online/target pair.
+pub mod backbone;
+pub mod flat;
+pub mod heads;
+pub mod network;

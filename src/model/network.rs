@@ -1,0 +1,82 @@
+//! One BYOL branch: encoder f, projector g and (online only) predictor q (paper section 3.1).
+use super::backbone::{backbone, Backbone, BackboneConfig};
+use super::heads::{mlp, Mlp};
+use crate::error::{value_error, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub backbone: BackboneConfig,
+    pub projector_hidden: i64,
+    pub projection_dim: i64,
+    pub predictor_hidden: i64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { backbone: Default::default(), projector_hidden: 4096, projection_dim: 256, predictor_hidden: 4096 }
+    }
+}
+
+impl NetworkConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.backbone.feature_dim()?;
+        for (arg, v) in [
+            ("projector_hidden", self.projector_hidden),
+            ("projection_dim", self.projection_dim),
+            ("predictor_hidden", self.predictor_hidden),
+        ] {
+            if v < 1 {
+                return Err(value_error(arg, format!("must be >= 1, got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct Network {
+    pub backbone: Backbone,
+    pub projector: Mlp,
+    pub predictor: Option<Mlp>,
+}
+
+/// Top-level module names in the order their parameters are laid out in flat buffers: the
+/// target's (backbone, projector) then form a prefix of the online's.
+pub const MODULE_ORDER: [&str; 3] = ["backbone", "projector", "predictor"];
+
+pub fn network(p: &nn::Path, cfg: &NetworkConfig, with_predictor: bool) -> Result<Network> {
+    cfg.validate()?;
+    let feat = cfg.backbone.feature_dim()?;
+    Ok(Network {
+        backbone: backbone(&(p / "backbone"), &cfg.backbone)?,
+        projector: mlp(&(p / "projector"), feat, cfg.projector_hidden, cfg.projection_dim),
+        predictor: with_predictor
+            .then(|| mlp(&(p / "predictor"), cfg.projection_dim, cfg.predictor_hidden, cfg.projection_dim)),
+    })
+}
+
+impl Network {
+    /// `z = g(f(x))`.
+    pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
+        self.projector.forward_t(&self.backbone.forward_t(x, train), train)
+    }
+
+    /// `q(z)`; the target network has no predictor and returns `z` unchanged.
+    pub fn predict(&self, z: &Tensor, train: bool) -> Tensor {
+        match &self.predictor {
+            Some(q) => q.forward_t(z, train),
+            None => z.shallow_clone(),
+        }
+    }
+}
+
+/// The VarStore's variables split into (trainable, buffers), each in `MODULE_ORDER`, then by name.
+pub fn ordered_variables(vs: &nn::VarStore) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    let mut all: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let rank = |name: &str| MODULE_ORDER.iter().position(|m| name.starts_with(&format!("{m}."))).unwrap_or(MODULE_ORDER.len());
+    all.sort_by(|(a, _), (b, _)| (rank(a), a).cmp(&(rank(b), b)));
+    all.into_iter().partition(|(_, t)| t.requires_grad())
+}

@@ -1,0 +1,71 @@
+//! Optimizers over flat parameter buffers. All updates run under no_grad and issue no host
+//! synchronisation (trust ratios stay on the device).
+mod adamw;
+mod lars;
+
+pub use adamw::AdamW;
+pub use lars::Lars;
+
+use crate::error::{value_error, Result};
+use crate::model::flat::FlatTensors;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// Hyperparameters of every optimizer; `Default` holds the paper's LARS values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    /// `lars`, `sgd` or `adamw`.
+    pub name: String,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    /// LARS trust coefficient.
+    pub eta: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { name: "lars".into(), weight_decay: 1.5e-6, momentum: 0.9, eta: 1e-3, betas: (0.9, 0.999), eps: 1e-8 }
+    }
+}
+
+pub trait Optimizer: Send {
+    /// Updates `params` in place from `grads` at learning rate `lr`. `excluded[i]` marks biases
+    /// and BN parameters, which get neither weight decay nor LARS adaptation. `t` counts
+    /// updates from 1.
+    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, excluded: &[bool], lr: f64, t: i64) -> Result<()>;
+    /// The state as named views (`<param>.<slot>`), for checkpoints and inspection.
+    fn state(&self) -> Vec<(String, Tensor)>;
+}
+
+pub fn build(cfg: &OptimConfig, params: &FlatTensors) -> Result<Box<dyn Optimizer>> {
+    if !(cfg.weight_decay >= 0.0) {
+        return Err(value_error("weight_decay", format!("must be >= 0, got {}", cfg.weight_decay)));
+    }
+    if !(0.0..1.0).contains(&cfg.momentum) {
+        return Err(value_error("momentum", format!("must lie in [0, 1), got {}", cfg.momentum)));
+    }
+    match cfg.name.as_str() {
+        "lars" => {
+            if !(cfg.eta > 0.0) {
+                return Err(value_error("eta", format!("must be > 0, got {}", cfg.eta)));
+            }
+            Ok(Box::new(Lars::new(params, cfg.weight_decay, cfg.momentum, Some(cfg.eta))?))
+        }
+        "sgd" => Ok(Box::new(Lars::new(params, cfg.weight_decay, cfg.momentum, None)?)),
+        "adamw" => {
+            let (b1, b2) = cfg.betas;
+            if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+                return Err(value_error("betas", format!("both must lie in [0, 1), got {:?}", cfg.betas)));
+            }
+            Ok(Box::new(AdamW::new(params, cfg.weight_decay, cfg.betas, cfg.eps)?))
+        }
+        other => Err(value_error("optimizer", format!("expected lars, sgd or adamw; got {other:?}"))),
+    }
+}
+
+/// Named views of a state buffer: `<param>.<slot>`.
+fn named_state(slot: &str, buf: &FlatTensors) -> Vec<(String, Tensor)> {
+    buf.named().map(|(n, t)| (format!("{n}.{slot}"), t.shallow_clone())).collect()
+}
