@@ -1,0 +1,121 @@
+"""The Rust engine against an independent pure-PyTorch BYOL (reference_byol.py).
+
+Identical initial weights and views go into both; after 1 and after 5 steps the loss, every
+online weight, every target weight, the BN statistics and the optimizer state must agree
+within 1e-5 relative (to each tensor's largest magnitude) in fp32.
+"""
+
+import pytest
+import torch
+
+import byol_rs
+from reference_byol import ReferenceBYOL
+
+RTOL = 1e-5
+# Biases whose output only reaches the loss through a BatchNorm have a true gradient of exactly 0; their optimizer state
+# holds only rounding noise (about 1e-8), so it is checked against an absolute 1e-6.
+ZERO_GRAD = {"projector.0.bias", "predictor.0.bias", "projector.3.bias"}
+
+CASES = {
+    "convnet": dict(backbone="convnet", in_channels=1, small_image=False, size=28, batch=16),
+    "resnet18-small": dict(backbone="resnet18", in_channels=3, small_image=True, size=32, batch=16),
+}
+
+
+def make_pair(case, optimizer, channels_last=True, **extra):
+    c = CASES[case]
+    common = dict(in_channels=c["in_channels"], small_image=c["small_image"])
+    heads = dict(projector_hidden=64, projection_dim=32, predictor_hidden=64)
+    lr = {"lars": 0.2, "sgd": 0.05, "adamw": 1e-3}[optimizer]
+    sched = dict(total_steps=8, warmup_steps=2, tau_base=0.9)
+    ours = byol_rs.BYOL(c["backbone"], optimizer=optimizer, lr=lr, batch_size=c["batch"], weight_decay=1e-4,
+                        **common, **heads, **sched, channels_last=channels_last, **extra)
+    ref = ReferenceBYOL(c["backbone"], proj_hidden=64, proj_out=32, pred_hidden=64, optimizer=optimizer,
+                        base_lr=lr, batch_size=c["batch"], weight_decay=1e-4, **common, **sched, **extra)
+    ref_params = dict(ref.online_named_parameters())
+    ref_buffers = dict(ref.online_named_buffers())
+    assert set(ref_params) == set(ours.named_parameters())
+    assert set(ref_buffers) == set(ours.named_buffers())
+    with torch.no_grad():
+        for name, t in ours.named_parameters().items():
+            ref_params[name].copy_(t)
+        for name, t in ours.named_buffers().items():
+            ref_buffers[name].copy_(t)
+    ref.copy_online_to_target()
+    return ours, ref, c
+
+
+def assert_close(name, got, want):
+    scale = want.abs().max().item()
+    err = (got - want).abs().max().item()
+    assert err <= RTOL * max(scale, 1e-3), f"{name}: max |diff| {err:.3g} vs scale {scale:.3g}"
+
+
+def compare(ours, ref, skip=()):
+    for name, t in dict(ref.online_named_parameters()).items():
+        if name not in skip:
+            assert_close(f"online {name}", ours.named_parameters()[name], t.detach())
+    for name, t in dict(ref.target_named_parameters()).items():
+        if name not in skip:
+            assert_close(f"target {name}", ours.target_named_parameters()[name], t.detach())
+    for name, t in dict(ref.online_named_buffers()).items():
+        assert_close(f"online buffer {name}", ours.named_buffers()[name], t)
+    for name, t in dict(ref.target_named_buffers()).items():
+        assert_close(f"target buffer {name}", ours.target_named_buffers()[name], t)
+    ref_state = ref.optimizer_state()
+    for key, t in ours.optimizer_state().items():
+        param, slot = key.rsplit(".", 1)
+        want = ref_state[param] if slot == "momentum_buffer" else ref_state[key]
+        if param in ZERO_GRAD:
+            assert (t - want).abs().max() <= 1e-6, key
+        elif param not in skip:
+            assert_close(f"optimizer {key}", t, want)
+
+
+# ResNet-18 at batch 16 is chaotic in fp32: the reference itself, started from weights
+# perturbed by 1e-7 relative, drifts by 7e-5 (SGD) after 5 steps, so two correct
+# implementations cannot agree to 1e-5 there. ResNet-18 is compared after 1 step, in both
+# memory layouts; the ConvNet, whose dynamics are stable, after 1 and after 5.
+@pytest.mark.parametrize(
+    "case,steps,channels_last",
+    [("convnet", 5, True), ("convnet", 5, False), ("resnet18-small", 1, True), ("resnet18-small", 1, False)],
+)
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_matches_reference(case, steps, channels_last, optimizer):
+    torch.manual_seed(0)
+    ours, ref, c = make_pair(case, optimizer, channels_last=channels_last)
+    compare(ours, ref)  # identical start, target included
+    shape = (c["batch"], c["in_channels"], c["size"], c["size"])
+    for k in range(steps):
+        v1, v2 = torch.randn(shape), torch.randn(shape)
+        got = ours.step(v1, v2)
+        want = ref.step(v1.clone(), v2.clone())
+        assert abs(got["loss"] - want["loss"]) <= RTOL * abs(want["loss"]), (k, got, want)
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-12)
+        assert got["tau"] == pytest.approx(want["tau"], rel=1e-12)
+        if k in (0, steps - 1):
+            compare(ours, ref)
+    assert ours.step_count == steps
+
+
+def test_adamw_matches_reference():
+    # Biases that feed straight into a BN have a true gradient of 0; Adam scales their
+    # rounding noise to a step of about lr with a random sign, so they are left out.
+    torch.manual_seed(1)
+    ours, ref, c = make_pair("convnet", "adamw")
+    skip = ZERO_GRAD
+    for _ in range(3):
+        v1, v2 = torch.randn(16, 1, 28, 28), torch.randn(16, 1, 28, 28)
+        got, want = ours.step(v1, v2), ref.step(v1, v2)
+        assert abs(got["loss"] - want["loss"]) <= RTOL * abs(want["loss"])
+    compare(ours, ref, skip=skip)
+
+
+def test_ema_of_bn_statistics_matches_reference():
+    torch.manual_seed(2)
+    ours, ref, c = make_pair("convnet", "lars", ema_bn_stats=True)
+    for _ in range(2):
+        v1, v2 = torch.randn(16, 1, 28, 28), torch.randn(16, 1, 28, 28)
+        ours.step(v1, v2)
+        ref.step(v1, v2)
+    compare(ours, ref)
