@@ -81,6 +81,9 @@ pub fn save(l: &Learner, path: &Path) -> Result<()> {
 fn read_file(path: &Path) -> Result<(Map<String, Value>, HashMap<String, Tensor>)> {
     let bytes = std::fs::read(path).map_err(|e| err(path, format!("could not read: {e}")))?;
     let foreign = || err(path, "not a byol_rs checkpoint (bad safetensors header)");
+    if bytes.get(8) != Some(&b'{') {
+        return Err(foreign());
+    }
     let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(foreign)?.try_into().unwrap()) as usize;
     let head = bytes.get(8..8usize.checked_add(n).ok_or_else(foreign)?).ok_or_else(|| err(path, "truncated header"))?;
     let Value::Object(mut header) = serde_json::from_slice(head).map_err(|_| foreign())? else { return Err(foreign()) };

@@ -43,7 +43,8 @@ pub struct LearnerConfig {
     pub precision: String,
     pub device: String,
     pub seed: i64,
-    /// Run convolutions in NHWC memory order on CPU (oneDNN is faster there).
+    /// Run convolutions in NHWC memory order on CPU. Off by default: measured no faster here,
+    /// and oneDNN's NHWC backward loses precision (benches/RESULTS.md).
     pub channels_last: bool,
     /// Accept settings refused as known to collapse.
     pub allow_unsafe: bool,
@@ -83,7 +84,7 @@ impl Default for LearnerConfig {
             precision: "fp32".into(),
             device: "cpu".into(),
             seed: 0,
-            channels_last: true,
+            channels_last: false,
             allow_unsafe: false,
             preset: None,
             steps_per_epoch: None,

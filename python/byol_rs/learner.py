@@ -85,7 +85,7 @@ class BYOL:
         precision: str = "fp32",
         device: str = "cpu",
         seed: int = 0,
-        channels_last: bool = True,
+        channels_last: bool = False,
         allow_unsafe: bool = False,
         preset: Optional[str] = None,
         steps_per_epoch: Optional[int] = None,

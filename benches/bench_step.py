@@ -1,0 +1,148 @@
+"""The engine's training step beside a pure-PyTorch BYOL written the way lightly is used
+(foreach EMA, a PyTorch LARS, a Python training loop), same model, same batch, one process.
+
+    python benches/bench_step.py [--steps 5] [--write]
+
+Throughput is the median over steps, in images per second (one image = one pair of views).
+Peak memory is measured per side in a child process (ru_maxrss), since both share this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "tests" / "python"))
+import byol_rs  # noqa: E402
+from common import median_ms, write_section  # noqa: E402
+from reference_byol import MLP, make_backbone, feature_dim  # noqa: E402
+
+CASES = {
+    "resnet18-small-32px-b64": dict(backbone="resnet18", in_channels=3, small_image=True, size=32, batch=64),
+    "convnet-28px-b256": dict(backbone="convnet", in_channels=1, small_image=False, size=28, batch=256),
+}
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as lightly/solo-learn write it for torch.optim (official BYOL math)."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=1.5e-6, eta=1e-3):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not group["exclude"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    pn, gn = torch.norm(p), torch.norm(g)
+                    one = torch.ones_like(pn)
+                    g = g * torch.where(pn > 0, torch.where(gn > 0, group["eta"] * pn / gn, one), one)
+                buf = self.state[p].setdefault("mu", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+
+
+class TorchBYOL(nn.Module):
+    """lightly's BYOL example, with the paper's heads and symmetric loss."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.backbone = make_backbone(c["backbone"], c["in_channels"], c["small_image"])
+        self.projection_head = MLP(feature_dim(c["backbone"]), 4096, 256)
+        self.prediction_head = MLP(256, 4096, 256)
+        self.backbone_momentum = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head).requires_grad_(False)
+        online = list(self.backbone.parameters()) + list(self.projection_head.parameters()) + list(self.prediction_head.parameters())
+        decay = [p for p in online if p.ndim > 1]
+        no_decay = [p for p in online if p.ndim <= 1]
+        self.opt = LARS([{"params": decay}, {"params": no_decay, "exclude": True}], lr=0.2 * c["batch"] / 256)
+        self.pairs = (list(self.backbone_momentum.parameters()) + list(self.projection_head_momentum.parameters()),
+                      list(self.backbone.parameters()) + list(self.projection_head.parameters()))
+
+    def step(self, x0, x1, tau=0.996):
+        p0 = self.prediction_head(self.projection_head(self.backbone(x0)))
+        p1 = self.prediction_head(self.projection_head(self.backbone(x1)))
+        with torch.no_grad():
+            z0 = self.projection_head_momentum(self.backbone_momentum(x0))
+            z1 = self.projection_head_momentum(self.backbone_momentum(x1))
+        loss = (2 - 2 * F.cosine_similarity(p0, z1).mean()) + (2 - 2 * F.cosine_similarity(p1, z0).mean())
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():  # lightly.models.utils.update_momentum
+            torch._foreach_mul_(self.pairs[0], tau)
+            torch._foreach_add_(self.pairs[0], self.pairs[1], alpha=1 - tau)
+        return loss.item()
+
+
+def make(side, c, channels_last=True):
+    if side == "torch":
+        model = TorchBYOL(c)
+        return lambda v1, v2: model.step(v1, v2)
+    learner = byol_rs.BYOL(c["backbone"], in_channels=c["in_channels"], small_image=c["small_image"],
+                           total_steps=1000, channels_last=channels_last)
+    return learner.step
+
+
+def views(c):
+    torch.manual_seed(0)
+    shape = (c["batch"], c["in_channels"], c["size"], c["size"])
+    return torch.randn(shape), torch.randn(shape)
+
+
+def peak_rss_mb(case, side, steps):
+    """ru_maxrss of a child that runs only this side."""
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r});"
+            f"import bench_step as b, resource; c=b.CASES[{case!r}]; f=b.make({side!r}, c); v=b.views(c)\n"
+            f"for _ in range({steps}): f(*v)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for case in args.cases:
+        c = CASES[case]
+        v1, v2 = views(c)
+        sides = {"pytorch (lightly-style)": make("torch", c), "byol_rs": make("ours", c),
+                 "byol_rs, channels_last=False": make("ours", c, channels_last=False)}
+        ms = {name: median_ms(lambda f=f: f(v1, v2), args.steps, warmup=1) for name, f in sides.items()}
+        mem = {} if args.no_memory else {"pytorch (lightly-style)": peak_rss_mb(case, "torch", 2), "byol_rs": peak_rss_mb(case, "ours", 2)}
+        base = ms["pytorch (lightly-style)"]
+        for name, t in ms.items():
+            rows.append(f"| {case} | {name} | {c['batch'] / t * 1e3:.1f} | {base / t:.2f}x | {mem.get(name, float('nan')):.0f} |")
+        print("\n".join(rows[-3:]), flush=True)
+    table = "\n".join([
+        f"Command: `python benches/bench_step.py --steps {args.steps} --write` (CPU, {torch.get_num_threads()} threads). "
+        "Median step time over the steps after one warm-up; peak RSS from a child process running 2 steps of one side.",
+        "",
+        "| case | side | img/s | speed-up | peak RSS MB |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *rows,
+    ])
+    print(table)
+    if args.write:
+        write_section("step", "## Training step vs pure-PyTorch BYOL (issue 3)\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
