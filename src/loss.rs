@@ -250,7 +250,8 @@ mod tests {
         let p = p.detach().set_requires_grad(true);
         let pn = &p / p.norm_scalaropt_dim(2, [1], true);
         let zn = z / z.norm_scalaropt_dim(2, [1], true);
-        let loss = 2.0 - 2.0 * (pn * zn).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
+        let cos = (pn * zn).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
+        let loss: Tensor = -2.0 * cos + 2.0;
         loss.backward();
         (loss.double_value(&[]), p.grad())
     }
