@@ -21,6 +21,11 @@ fn named(py: Python<'_>, items: Vec<(String, Tensor)>) -> PyResult<Bound<'_, PyD
     Ok(d)
 }
 
+/// Name/tensor pairs that share storage with the engine's flat buffer.
+fn shared(flat: &crate::model::flat::FlatTensors) -> Vec<(String, Tensor)> {
+    flat.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+}
+
 impl PyLearner {
     fn with<T>(&self, f: impl FnOnce(&mut Learner) -> T) -> T {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,19 +64,19 @@ impl PyLearner {
     }
 
     fn named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| l.params.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+        named(py, self.with(|l| shared(&l.params)))
     }
 
     fn target_named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| l.target_params.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+        named(py, self.with(|l| shared(&l.target_params)))
     }
 
     fn named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| l.buffers.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+        named(py, self.with(|l| shared(&l.buffers)))
     }
 
     fn target_named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| l.target_buffers.named().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()))
+        named(py, self.with(|l| shared(&l.target_buffers)))
     }
 
     fn optimizer_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

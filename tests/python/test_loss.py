@@ -90,7 +90,7 @@ def test_property_matches_reference_over_sizes(n, d, scale, seed):
     # Relative to the gradient's natural scale 1/(n |p|): at d=1 the true gradient is 0.
     natural = 1.0 / (n * p.norm(dim=1).min().item())
     assert (gp - wp).abs().max() <= 2e-6 * max(wp.abs().max().item(), natural)
-    assert 0.0 <= got.item() <= 4.0 + 1e-6
+    assert -2e-6 <= got.item() <= 4.0 + 2e-6  # cos can round to just past +-1
 
 
 @pytest.mark.parametrize(
