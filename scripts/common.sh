@@ -12,10 +12,11 @@ ensure_venv() {
   # shellcheck disable=SC1091
   . .venv/bin/activate  # torch-sys finds torch through the active venv (NOTES.md)
   local stamp
-  stamp=".venv/.requirements-$(sha1sum requirements-dev.txt | cut -c1-16)"
+  stamp=".venv/.requirements-$(cat requirements-dev.txt requirements-nodeps.txt | sha1sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     pip install --upgrade pip >/dev/null
     pip install -r requirements-dev.txt
+    pip install --no-deps -r requirements-nodeps.txt
     touch "$stamp"
   fi
 }

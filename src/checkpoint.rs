@@ -46,6 +46,7 @@ pub fn save(l: &Learner, path: &Path) -> Result<()> {
         "step": l.step.to_string(),
         "micro_step": l.micro_step.to_string(),
         "skipped_steps": l.skipped_steps.to_string(),
+        "augment_rng": l.augment.as_ref().map(|a| serde_json::to_string(&a.rng).expect("rng serialises")).unwrap_or_default(),
     });
     header.insert("__metadata__".into(), meta);
     let mut data: Vec<u8> = vec![];
@@ -142,5 +143,8 @@ pub fn load(path: &Path, device: Option<&str>) -> Result<Learner> {
     learner.step = counter("step")?;
     learner.micro_step = counter("micro_step")?;
     learner.skipped_steps = counter("skipped_steps")?;
+    if let Some(aug) = learner.augment.as_mut() {
+        aug.rng = serde_json::from_str(field("augment_rng")?).map_err(|e| err(path, format!("bad augment_rng: {e}")))?;
+    }
     Ok(learner)
 }

@@ -1,5 +1,6 @@
 //! The learner's configuration: the paper's defaults, its presets by epoch count, and the
 //! refusal of settings known to collapse.
+use crate::augment::config::AugmentConfig;
 use crate::error::{value_error, Result};
 use crate::model::backbone::BackboneConfig;
 use crate::model::network::NetworkConfig;
@@ -52,6 +53,8 @@ pub struct LearnerConfig {
     /// length, with 10 warm-up epochs; needs `steps_per_epoch`.
     pub preset: Option<String>,
     pub steps_per_epoch: Option<i64>,
+    /// The augmentation pipeline `step(images)` applies; `None` means views are passed in.
+    pub augment: Option<AugmentConfig>,
 }
 
 impl Default for LearnerConfig {
@@ -88,6 +91,7 @@ impl Default for LearnerConfig {
             allow_unsafe: false,
             preset: None,
             steps_per_epoch: None,
+            augment: None,
         }
     }
 }
@@ -138,6 +142,9 @@ impl LearnerConfig {
 
     fn validate(&self) -> Result<()> {
         self.network().validate()?;
+        if let Some(aug) = &self.augment {
+            aug.validate()?;
+        }
         let lr = self.lr.unwrap_or(0.0);
         if !(lr >= 0.0 && lr.is_finite()) {
             return Err(value_error("lr", format!("must be finite and >= 0, got {lr}")));

@@ -2,11 +2,18 @@
 //!
 //! The engine is plain Rust over tch; `bindings` is the thin PyO3 layer that maturin builds
 //! into `byol_rs._core`.
+
+pub mod augment;
+pub mod checkpoint;
+pub mod config;
 pub mod ema;
 pub mod error;
 pub mod loss;
+pub mod model;
+pub mod optim;
 pub mod schedule;
 pub mod shim;
+pub mod train;
 
 #[cfg(feature = "python")]
 mod bindings;
@@ -15,8 +22,3 @@ pub use error::{Error, Result};
 
 /// The torch release this build links against; tch 0.24 pairs with exactly this one.
 pub const TORCH_VERSION: &str = "2.11.0";
-pub mod checkpoint;
-pub mod config;
-pub mod model;
-pub mod optim;
-pub mod train;

@@ -1,5 +1,6 @@
 //! The BYOL learner: online and target networks on flat buffers, and the training step
 //! (paper section 3.1, algorithm 1).
+use crate::augment::{Augment, Layout};
 use crate::config::LearnerConfig;
 use crate::ema;
 use crate::error::{value_error, Error, Result};
@@ -44,6 +45,8 @@ pub struct Learner {
     pub step: i64,
     pub micro_step: i64,
     pub skipped_steps: i64,
+    /// The pipeline `step_images` applies; its RNG state is part of the training state.
+    pub augment: Option<Augment>,
 }
 
 impl Learner {
@@ -71,6 +74,7 @@ impl Learner {
         }
         let excluded = params.views.iter().map(|p| p.dim() == 1).collect();
         let optimizer = optim::build(&config.optim(), &params)?;
+        let augment = config.augment.clone().map(Augment::new).transpose()?;
         let learner = Self {
             config,
             device,
@@ -87,6 +91,7 @@ impl Learner {
             step: 0,
             micro_step: 0,
             skipped_steps: 0,
+            augment,
         };
         learner.sync_target()?;
         Ok(learner)
@@ -174,6 +179,23 @@ impl Learner {
             self.step += 1;
         }
         Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps })
+    }
+
+    /// Augments `images` into two views with the learner's pipeline, then steps. On any
+    /// error the pipeline's RNG is rewound too, so a failed call changes nothing.
+    pub fn step_images(&mut self, images: &Tensor, layout: Layout) -> Result<StepMetrics> {
+        let Some(augment) = self.augment.as_mut() else {
+            return Err(value_error("view2", "this learner has no augment pipeline: pass two views, or build it with augment=Augment(...)"));
+        };
+        let saved = augment.rng.clone();
+        let views = augment.views(&images.f_to_device(self.device)?, layout);
+        let out = views.and_then(|(v1, v2)| self.step(&v1, &v2));
+        if out.is_err() {
+            if let Some(a) = self.augment.as_mut() {
+                a.rng = saved;
+            }
+        }
+        out
     }
 
     /// Eval-mode backbone features, without gradients.

@@ -27,7 +27,9 @@ from .errors import (  # noqa: E402
     CheckpointError,
     NonFiniteLossError,
 )
+from .augment import Augment  # noqa: E402
 from .learner import BYOL  # noqa: E402
+from . import functional  # noqa: E402
 from .kernels import (  # noqa: E402
     byol_loss,
     cosine_tau,
@@ -39,6 +41,7 @@ from .kernels import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Augment",
     "BYOL",
     "ByolError",
     "ByolTypeError",
@@ -48,6 +51,7 @@ __all__ = [
     "byol_loss",
     "cosine_tau",
     "ema_update_",
+    "functional",
     "symmetric_byol_loss",
     "warmup_cosine_lr",
 ]

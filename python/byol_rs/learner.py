@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from . import _core
+from .augment import Augment
 from .errors import ByolTypeError
 
 _TYPES = {
@@ -89,18 +90,26 @@ class BYOL:
         allow_unsafe: bool = False,
         preset: Optional[str] = None,
         steps_per_epoch: Optional[int] = None,
+        augment: Optional[Augment] = None,
     ) -> None:
         config = {k: _check_type(k, v) for k, v in locals().items() if k in _TYPES}
+        if augment is not None and not isinstance(augment, Augment):
+            raise ByolTypeError(f"augment: expected byol_rs.Augment or None, got {type(augment).__name__}")
+        config["augment"] = augment.config if augment is not None else None
         self._engine = _core.Learner(json.dumps(config))
+        self._layout = augment.layout if augment is not None else "auto"
 
     @classmethod
     def _wrap(cls, engine: "_core.Learner") -> "BYOL":
         self = cls.__new__(cls)
         self._engine = engine
+        self._layout = "auto"
         return self
 
-    def step(self, view1: torch.Tensor, view2: torch.Tensor) -> Dict[str, Any]:
-        """One BYOL step on two augmented views ``[N, C, H, W]`` (float, normalised).
+    def step(self, view1: torch.Tensor, view2: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        """One BYOL step on two augmented views ``[N, C, H, W]`` (float, normalised), or,
+        with one argument, on a raw batch that the learner's ``augment`` pipeline turns into
+        two views (its RNG state is saved with the learner).
 
         Online forward on each view separately, target forward under no_grad, the
         symmetrised loss, backward, the optimizer update and the EMA, all in Rust with the
@@ -108,6 +117,8 @@ class BYOL:
         A non-finite loss raises :class:`NonFiniteLossError` and changes nothing
         (``on_nonfinite="skip"`` counts it instead).
         """
+        if view2 is None:
+            return self._engine.step_images(view1, self._layout)
         return self._engine.step(view1, view2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 use super::errors::run;
 use crate::checkpoint;
 use crate::config::LearnerConfig;
-use crate::train::Learner;
+use crate::train::{Learner, StepMetrics};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
@@ -12,6 +12,18 @@ use tch::Tensor;
 
 #[pyclass(name = "Learner", module = "byol_rs._core")]
 pub struct PyLearner(Mutex<Learner>);
+
+fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("loss", m.loss)?;
+    d.set_item("lr", m.lr)?;
+    d.set_item("tau", m.tau)?;
+    d.set_item("step", m.step)?;
+    d.set_item("z_std", m.z_std)?;
+    d.set_item("updated", m.updated)?;
+    d.set_item("skipped_steps", m.skipped_steps)?;
+    Ok(d)
+}
 
 fn named(py: Python<'_>, items: Vec<(String, Tensor)>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -46,15 +58,15 @@ impl PyLearner {
     fn step<'py>(&self, py: Python<'py>, view1: PyTensor, view2: PyTensor) -> PyResult<Bound<'py, PyDict>> {
         let (v1, v2) = (view1.0, view2.0);
         let m = run(py, move || self.with(|l| l.step(&v1, &v2)))?;
-        let d = PyDict::new(py);
-        d.set_item("loss", m.loss)?;
-        d.set_item("lr", m.lr)?;
-        d.set_item("tau", m.tau)?;
-        d.set_item("step", m.step)?;
-        d.set_item("z_std", m.z_std)?;
-        d.set_item("updated", m.updated)?;
-        d.set_item("skipped_steps", m.skipped_steps)?;
-        Ok(d)
+        metrics_dict(py, &m)
+    }
+
+    /// Augments `images` with the learner's pipeline, then steps.
+    #[pyo3(signature = (images, layout="auto"))]
+    fn step_images<'py>(&self, py: Python<'py>, images: PyTensor, layout: &str) -> PyResult<Bound<'py, PyDict>> {
+        let (images, layout) = (images.0, layout.to_string());
+        let m = run(py, move || self.with(|l| l.step_images(&images, crate::augment::Layout::parse(&layout)?)))?;
+        metrics_dict(py, &m)
     }
 
     /// Eval-mode backbone features of `x`.

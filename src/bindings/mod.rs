@@ -1,4 +1,5 @@
 //! The PyO3 layer: argument extraction, GIL release and error mapping only. No math here.
+mod augment;
 mod errors;
 mod kernels;
 mod learner;
@@ -11,6 +12,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.py().import("torch")?;
     m.add("__torch_version__", crate::TORCH_VERSION)?;
     kernels::register(m)?;
+    augment::register(m)?;
     m.add_class::<learner::PyLearner>()?;
     Ok(())
 }

@@ -1,0 +1,167 @@
+"""``byol_rs.Augment``: BYOL's two asymmetric views of a batch, each sample with its own
+random parameters, computed in Rust on the batch's device (src/augment/)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from . import _core
+from .errors import ByolTypeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Per-view settings and their types; any of them can be passed to ``Augment`` (both views)
+#: or inside ``view1=`` / ``view2=`` dicts (one view).
+VIEW_FIELDS = {
+    "crop_scale": tuple, "crop_ratio": tuple, "interpolation": str, "flip_p": float,
+    "jitter_p": float, "brightness": float, "contrast": float, "saturation": float,
+    "hue": float, "grayscale_p": float, "blur_p": float, "blur_sigma": tuple,
+    "solarize_p": float, "solarize_threshold": float,
+}
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _view_overrides(arg: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if key not in VIEW_FIELDS:
+            raise ByolTypeError(f"{arg}: unknown view setting {key!r}; expected one of {sorted(VIEW_FIELDS)}")
+        kind = VIEW_FIELDS[key]
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        elif kind is tuple and isinstance(value, (tuple, list)) and len(value) == 2:
+            value = [float(v) for v in value]
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            raise ByolTypeError(f"{arg}.{key}: expected {'a pair of floats' if kind is tuple else kind.__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+class Augment:
+    """BYOL's augmentation pipeline on whole batches (paper, appendix B, table 6).
+
+    Each view applies, with parameters drawn per sample: random resized crop (scale
+    0.08-1, ratio 3/4-4/3, bicubic, antialiased) -> horizontal flip (p 0.5) -> colour
+    jitter 0.4/0.4/0.2/0.1 in a random order per sample (p 0.8) -> grayscale (p 0.2) ->
+    Gaussian blur (kernel ~10 % of the size, sigma 0.1-2) -> solarize (threshold 0.5) ->
+    normalise. The defaults are the paper's asymmetric views: blur p 1.0 / 0.1 and
+    solarize p 0.0 / 0.2 for views 1 / 2.
+
+    Images: ``[N, C, H, W]`` or ``[N, H, W, C]`` (``layout="auto"`` takes the axis of
+    size 1 or 3), uint8 0-255 or float 0-1, 1 or 3 channels, any device. Output: two
+    ``[N, C, size, size]`` tensors on the same device, float32 unless ``dtype`` says
+    otherwise. On single-channel images brightness, contrast and solarize apply;
+    saturation, hue and grayscale are no-ops (there is no colour to change).
+
+    Any per-view setting (``crop_scale``, ``crop_ratio``, ``interpolation``, ``flip_p``,
+    ``jitter_p``, ``brightness``, ``contrast``, ``saturation``, ``hue``, ``grayscale_p``,
+    ``blur_p``, ``blur_sigma``, ``solarize_p``, ``solarize_threshold``) can be passed as a
+    keyword (both views) or in ``view1={...}`` / ``view2={...}`` (one view).
+
+    Randomness comes from a host RNG seeded by ``seed``: the same seed and input give the
+    same views on a given device; ``rng_state`` can be saved and restored.
+
+    >>> aug = Augment.byol(size=32, seed=0)
+    >>> v1, v2 = aug(torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8))
+    >>> v1.shape, v1.dtype
+    (torch.Size([4, 3, 32, 32]), torch.float32)
+    """
+
+    def __init__(
+        self,
+        size: "int | Tuple[int, int]" = 224,
+        *,
+        view1: Optional[Dict[str, Any]] = None,
+        view2: Optional[Dict[str, Any]] = None,
+        blur_kernel: Optional[int] = None,
+        mean: Optional[Sequence[float]] = IMAGENET_MEAN,
+        std: Optional[Sequence[float]] = IMAGENET_STD,
+        dtype: torch.dtype = torch.float32,
+        check: bool = True,
+        seed: int = 0,
+        layout: str = "auto",
+        **both: Any,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, (int, tuple, list)):
+            raise ByolTypeError(f"size: expected an int or (height, width), got {size!r}")
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in hw):
+            raise ByolTypeError(f"size: expected an int or (height, width), got {size!r}")
+        if dtype not in _DTYPES:
+            raise ByolTypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        if (mean is None) != (std is None):
+            raise ByolTypeError("mean/std: give both or neither")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ByolTypeError(f"seed: expected a non-negative int, got {seed!r}")
+        if layout not in ("auto", "NCHW", "NHWC"):
+            raise ByolTypeError(f"layout: expected 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+        common = _view_overrides("Augment", both)
+        config = {
+            "size": list(hw),
+            "view1": {**_PAPER_VIEW1, **common, **_view_overrides("view1", view1 or {})},
+            "view2": {**_PAPER_VIEW2, **common, **_view_overrides("view2", view2 or {})},
+            "blur_kernel": blur_kernel,
+            "mean": [float(v) for v in mean] if mean is not None else [],
+            "std": [float(v) for v in std] if std is not None else [],
+            "dtype": _DTYPES[dtype],
+            "check": bool(check),
+            "seed": seed,
+        }
+        self.layout = layout
+        self._engine = _core.Augment(json.dumps(config))
+
+    @classmethod
+    def byol(cls, size: int = 224, **kwargs: Any) -> "Augment":
+        """The paper's ImageNet views at ``size`` (kernel 23 at 224 px), ImageNet mean/std."""
+        return cls(size, **kwargs)
+
+    @classmethod
+    def small_image(cls, size: int = 32, *, mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None, **kwargs: Any) -> "Augment":
+        """For 28-64 px images, after solo-learn's CIFAR recipe: no blur on either view
+        (it erases what little detail small images have), solarize p 0.0 / 0.2, the
+        paper's crop and colour settings. No normalisation unless ``mean``/``std`` given."""
+        kwargs.setdefault("blur_p", 0.0)
+        return cls(size, mean=mean, std=std, **kwargs)
+
+    @classmethod
+    def _from_engine(cls, engine: "_core.Augment", layout: str = "auto") -> "Augment":
+        self = cls.__new__(cls)
+        self._engine, self.layout = engine, layout
+        return self
+
+    def __call__(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of ``images``, each sample with its own parameters."""
+        if not isinstance(images, torch.Tensor):
+            raise ByolTypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+        return self._engine(images, self.layout)
+
+    def sample_params(self, n: int, height: int, width: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Draws (and consumes) the per-sample parameters of both views, as ``[n, ...]`` tensors:
+        crop boxes (top, left, height, width), flags, jitter order and factors
+        (brightness, contrast, saturation, hue; NaN where no jitter), blur sigma (NaN: none)."""
+        return self._engine.sample_params(n, height, width)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return json.loads(self._engine.config_json())
+
+    @property
+    def rng_state(self) -> Tuple[int, int, int, int]:
+        return tuple(self._engine.rng_state)
+
+    @rng_state.setter
+    def rng_state(self, state: Sequence[int]) -> None:
+        self._engine.rng_state = list(state)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Augment(size={tuple(c['size'])}, seed={c['seed']})"
+
+
+_PAPER_VIEW1: Dict[str, Any] = {"blur_p": 1.0, "solarize_p": 0.0}
+_PAPER_VIEW2: Dict[str, Any] = {"blur_p": 0.1, "solarize_p": 0.2}

@@ -1,0 +1,193 @@
+//! BYOL's asymmetric augmentations on whole batches, with parameters drawn per sample
+//! (paper appendix B). Parameters come from a host RNG; the pixels never leave the device.
+pub mod config;
+pub mod ops;
+pub mod params;
+pub mod rng;
+
+use crate::error::{value_error, Result};
+use config::{AugmentConfig, ViewConfig};
+use params::{sample_view, JitterOp, SampleParams, JITTER_OPS};
+use rng::Rng;
+use tch::{Device, Kind, Tensor};
+
+/// Memory order of the images handed to the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Auto,
+    Nchw,
+    Nhwc,
+}
+
+impl Layout {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "NCHW" | "nchw" => Ok(Self::Nchw),
+            "NHWC" | "nhwc" => Ok(Self::Nhwc),
+            _ => Err(value_error("layout", format!("expected 'auto', 'NCHW' or 'NHWC', got {s:?}"))),
+        }
+    }
+}
+
+pub struct Augment {
+    pub config: AugmentConfig,
+    pub rng: Rng,
+}
+
+/// Float NCHW in [0, 1]: uint8 is divided by 255; NHWC is permuted.
+pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
+    let size = images.size();
+    if size.len() != 4 {
+        return Err(value_error("images", format!("expected a 4-D batch [N, C, H, W] or [N, H, W, C], got shape {size:?}")));
+    }
+    let channels_ok = |c: i64| c == 1 || c == 3;
+    let nhwc = match layout {
+        Layout::Nchw => false,
+        Layout::Nhwc => true,
+        Layout::Auto => !channels_ok(size[1]) && channels_ok(size[3]),
+    };
+    let c = if nhwc { size[3] } else { size[1] };
+    if !channels_ok(c) {
+        return Err(value_error("images", format!("expected 1 or 3 channels (dim 1 for NCHW or dim 3 for NHWC), got shape {size:?}")));
+    }
+    if size.iter().any(|&d| d < 1) {
+        return Err(value_error("images", format!("expected a non-empty batch, got shape {size:?}")));
+    }
+    let x = if nhwc { images.f_permute([0, 3, 1, 2])? } else { images.shallow_clone() };
+    let x = match x.kind() {
+        Kind::Uint8 => x.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
+            let x = x.f_to_kind(Kind::Float)?;
+            if check {
+                let (lo, hi) = (x.f_min()?.double_value(&[]), x.f_max()?.double_value(&[]));
+                if !(lo >= 0.0 && hi <= 1.0) {
+                    return Err(value_error("images", format!("float images must lie in [0, 1] (got min {lo}, max {hi}); pass uint8 0-255 or scale first, or check=False")));
+                }
+            }
+            x
+        }
+        k => return Err(value_error("images", format!("expected uint8 (0-255) or float (0-1) images, got {k:?}"))),
+    };
+    Ok(x.f_contiguous()?)
+}
+
+/// Host values to a `[len]` float tensor on `device`.
+fn factors(values: impl IntoIterator<Item = f64>, device: Device) -> Result<Tensor> {
+    let v: Vec<f32> = values.into_iter().map(|x| x as f32).collect();
+    Ok(Tensor::from_slice(&v).f_to_device(device)?)
+}
+
+/// Applies `op` to the images at `rows` only, in place. Skips work when no row is selected.
+fn on_rows(x: &mut Tensor, rows: &[i64], op: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if rows.len() as i64 == x.size()[0] {
+        *x = op(x)?;
+        return Ok(());
+    }
+    let idx = Tensor::from_slice(rows).f_to_device(x.device())?;
+    let out = op(&x.f_index_select(0, &idx)?)?;
+    let _ = x.f_index_copy_(0, &idx, &out)?;
+    Ok(())
+}
+
+fn rows_where(ps: &[SampleParams], pred: impl Fn(&SampleParams) -> bool) -> Vec<i64> {
+    ps.iter().enumerate().filter(|(_, p)| pred(p)).map(|(i, _)| i as i64).collect()
+}
+
+/// One view of the batch `x` (float NCHW in [0, 1]) with the given per-sample parameters.
+pub fn apply_view(x: &Tensor, ps: &[SampleParams], cfg: &ViewConfig, size: (i64, i64), blur_kernel: i64) -> Result<Tensor> {
+    let device = x.device();
+    let boxes: Vec<_> = ps.iter().map(|p| p.crop).collect();
+    let bicubic = cfg.interpolation == "bicubic";
+    let mut y = ops::resized_crop(x, &boxes, size, bicubic)?;
+    if bicubic {
+        y = y.f_clamp(0.0, 1.0)?; // bicubic overshoots; PIL's uint8 pipeline clamps too
+    }
+    on_rows(&mut y, &rows_where(ps, |p| p.flip), ops::hflip)?;
+    // ColorJitter: at position k each selected sample applies the op its permutation puts there.
+    for k in 0..4 {
+        for op in JITTER_OPS {
+            let rows = rows_where(ps, |p| p.jitter.as_ref().is_some_and(|j| j.order[k] == op));
+            let f: Vec<f64> = rows.iter().map(|&r| ps[r as usize].jitter.as_ref().map_or(0.0, |j| j.factors[op as usize])).collect();
+            on_rows(&mut y, &rows, |s| {
+                let factor = factors(f.iter().copied(), device)?;
+                match op {
+                    JitterOp::Brightness => ops::adjust_brightness(s, &factor),
+                    JitterOp::Contrast => ops::adjust_contrast(s, &factor, &factors(f.iter().map(|v| 1.0 - v), device)?),
+                    JitterOp::Saturation => ops::adjust_saturation(s, &factor, &factors(f.iter().map(|v| 1.0 - v), device)?),
+                    JitterOp::Hue => ops::adjust_hue(s, &factor),
+                }
+            })?;
+        }
+    }
+    on_rows(&mut y, &rows_where(ps, |p| p.grayscale), ops::grayscale)?;
+    let blur_rows = rows_where(ps, |p| p.blur_sigma.is_some());
+    let sigmas: Vec<f64> = blur_rows.iter().filter_map(|&r| ps[r as usize].blur_sigma).collect();
+    on_rows(&mut y, &blur_rows, |s| ops::gaussian_blur(s, blur_kernel, &factors(sigmas, device)?))?;
+    on_rows(&mut y, &rows_where(ps, |p| p.solarize), |s| ops::solarize(s, cfg.solarize_threshold))?;
+    Ok(y)
+}
+
+impl Augment {
+    pub fn new(config: AugmentConfig) -> Result<Self> {
+        config.validate()?;
+        let rng = Rng::new(config.seed);
+        Ok(Self { config, rng })
+    }
+
+    /// Draws both views' parameters for a batch of `n` images of `height` x `width`.
+    pub fn sample(&mut self, n: i64, height: i64, width: i64) -> (Vec<SampleParams>, Vec<SampleParams>) {
+        let p1 = sample_view(&self.config.view1, &mut self.rng, n, height, width);
+        let p2 = sample_view(&self.config.view2, &mut self.rng, n, height, width);
+        (p1, p2)
+    }
+
+    /// Two augmented views of `images`, each sample with its own parameters.
+    pub fn views(&mut self, images: &Tensor, layout: Layout) -> Result<(Tensor, Tensor)> {
+        let x = to_unit_nchw(images, layout, self.config.check)?;
+        let channels = x.size()[1];
+        let (mean, std) = self.normalisation(channels, x.device())?;
+        let [n, _, h, w] = x.size()[..] else { unreachable!("checked 4-D") };
+        // Draw on a copy so that a failure below leaves the RNG where it was.
+        let saved = self.rng.clone();
+        let (p1, p2) = self.sample(n, h, w);
+        let kernel = self.config.blur_kernel_size();
+        let out = (|| {
+            let v1 = apply_view(&x, &p1, &self.config.view1, self.config.size, kernel)?;
+            let v2 = apply_view(&x, &p2, &self.config.view2, self.config.size, kernel)?;
+            Ok((self.finish(v1, &mean, &std)?, self.finish(v2, &mean, &std)?))
+        })();
+        if out.is_err() {
+            self.rng = saved;
+        }
+        out
+    }
+
+    fn normalisation(&self, channels: i64, device: Device) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (mean, std) = (&self.config.mean, &self.config.std);
+        if mean.is_empty() {
+            return Ok((None, None));
+        }
+        if mean.len() != 1 && mean.len() as i64 != channels {
+            return Err(value_error("mean", format!("has {} values but the images have {channels} channel(s)", mean.len())));
+        }
+        let t = |v: &[f64]| -> Result<Tensor> { Ok(factors(v.iter().copied(), device)?.f_view([1, -1, 1, 1])?) };
+        Ok((Some(t(mean)?), Some(t(std)?)))
+    }
+
+    fn finish(&self, v: Tensor, mean: &Option<Tensor>, std: &Option<Tensor>) -> Result<Tensor> {
+        let v = match (mean, std) {
+            (Some(m), Some(s)) => v.f_sub(m)?.f_div(s)?,
+            _ => v,
+        };
+        let kind = match self.config.dtype.as_str() {
+            "bfloat16" => Kind::BFloat16,
+            "float16" => Kind::Half,
+            _ => Kind::Float,
+        };
+        Ok(v.f_to_kind(kind)?)
+    }
+}

@@ -1,0 +1,154 @@
+//! Batched image ops with one parameter per sample, on float NCHW images in [0, 1] on any
+//! device. Each reproduces `torchvision.transforms.v2.functional` for the same parameter;
+//! factors are `[N]` float tensors on the images' device.
+use super::params::CropBox;
+use crate::error::{value_error, Result};
+use tch::{Kind, Tensor};
+
+/// torchvision's `rgb_to_grayscale` weights (ITU-R 601-2 luma).
+const LUMA: [f64; 3] = [0.2989, 0.587, 0.114];
+
+fn per_sample(f: &Tensor) -> Result<Tensor> {
+    Ok(f.f_view([-1, 1, 1, 1])?)
+}
+
+/// Single-channel luma `[N, 1, H, W]` of RGB images.
+pub fn luma(x: &Tensor) -> Result<Tensor> {
+    let c = x.f_unbind(1)?;
+    Ok((c[0].f_mul_scalar(LUMA[0])? + c[1].f_mul_scalar(LUMA[1])? + c[2].f_mul_scalar(LUMA[2])?).f_unsqueeze(1)?)
+}
+
+/// `ratio * a + (1 - ratio) * b`, clamped to [0, 1]; `one_minus` is `1 - ratio` computed in f64
+/// on the host, as torchvision's `_blend` does.
+fn blend(a: &Tensor, b: &Tensor, ratio: &Tensor, one_minus: &Tensor) -> Result<Tensor> {
+    Ok((a.f_mul(&per_sample(ratio)?)? + b.f_mul(&per_sample(one_minus)?)?).f_clamp(0.0, 1.0)?)
+}
+
+/// Crops `boxes[n]` out of image n and resizes it to `size` (antialiased, align_corners=False).
+pub fn resized_crop(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
+    let [n, c, height, width] = x.size()[..] else { unreachable!("checked 4-D") };
+    if boxes.len() as i64 != n {
+        return Err(value_error("boxes", format!("expected {n} boxes, one per image, got {}", boxes.len())));
+    }
+    let out = Tensor::f_empty([n, c, size.0, size.1], (x.kind(), x.device()))?;
+    for (i, b) in boxes.iter().enumerate() {
+        if b.top < 0 || b.left < 0 || b.height < 1 || b.width < 1 || b.top + b.height > height || b.left + b.width > width {
+            return Err(value_error("boxes", format!("box {i} {b:?} is not inside a {height}x{width} image")));
+        }
+        let crop = x.f_narrow(0, i as i64, 1)?.f_narrow(2, b.top, b.height)?.f_narrow(3, b.left, b.width)?;
+        let mut dst = out.f_narrow(0, i as i64, 1)?;
+        if (b.height, b.width) == size {
+            dst.f_copy_(&crop)?; // torchvision returns the crop unresized
+        } else if bicubic {
+            let _ = crop.f_internal_upsample_bicubic2d_aa_out(&dst, [size.0, size.1], false, None, None)?;
+        } else {
+            let _ = crop.f_internal_upsample_bilinear2d_aa_out(&dst, [size.0, size.1], false, None, None)?;
+        }
+    }
+    Ok(out)
+}
+
+pub fn hflip(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_flip([3])?)
+}
+
+pub fn adjust_brightness(x: &Tensor, factor: &Tensor) -> Result<Tensor> {
+    Ok(x.f_mul(&per_sample(factor)?)?.f_clamp(0.0, 1.0)?)
+}
+
+/// Blends each image with the mean of its luma (of itself when single-channel).
+pub fn adjust_contrast(x: &Tensor, factor: &Tensor, one_minus: &Tensor) -> Result<Tensor> {
+    let gray = if x.size()[1] == 3 { luma(x)? } else { x.shallow_clone() };
+    let mean = gray.f_mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float)?;
+    blend(x, &mean, factor, one_minus)
+}
+
+/// Blends each image with its luma; a no-op on single-channel images.
+pub fn adjust_saturation(x: &Tensor, factor: &Tensor, one_minus: &Tensor) -> Result<Tensor> {
+    if x.size()[1] != 3 {
+        return Ok(x.shallow_clone());
+    }
+    blend(x, &luma(x)?, factor, one_minus)
+}
+
+/// Shifts hue in HSV by `shift[n]` (in turns, within [-0.5, 0.5]); a no-op on single-channel images.
+pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    if x.size()[1] != 3 {
+        return Ok(x.shallow_clone());
+    }
+    let hsv = rgb_to_hsv(x)?;
+    let hsv = hsv.f_unbind(1)?;
+    let h = hsv[0].f_add(&shift.f_view([-1, 1, 1])?)?.f_remainder(1.0)?;
+    hsv_to_rgb(&h, &hsv[1], &hsv[2])
+}
+
+/// torchvision's `_rgb_to_hsv` (after Pillow), channel-wise on `[N, 3, H, W]`.
+fn rgb_to_hsv(x: &Tensor) -> Result<Tensor> {
+    let rgb = x.f_unbind(1)?;
+    let (r, g) = (&rgb[0], &rgb[1]);
+    let maxc = x.f_amax([1i64].as_slice(), false)?;
+    let minc = x.f_amin([1i64].as_slice(), false)?;
+    let eqc = maxc.f_eq_tensor(&minc)?;
+    let range = maxc.f_sub(&minc)?;
+    let ones = maxc.f_ones_like()?;
+    let s = range.f_div(&ones.f_where_self(&eqc, &maxc)?)?;
+    let divisor = ones.f_where_self(&eqc, &range)?.f_unsqueeze(1)?;
+    let rgbc = maxc.f_unsqueeze(1)?.f_sub(x)?.f_div(&divisor)?;
+    let c = rgbc.f_unbind(1)?;
+    let (rc, gc, bc) = (&c[0], &c[1], &c[2]);
+    let maxc_neq_r = maxc.f_ne_tensor(r)?;
+    let maxc_eq_g = maxc.f_eq_tensor(g)?;
+    let hg = (rc + 2.0 - bc).f_mul(&maxc_eq_g.f_logical_and(&maxc_neq_r)?)?;
+    let hr = (bc - gc).f_mul(&maxc_neq_r.f_logical_not()?)?;
+    let hb = (gc + 4.0 - rc).f_mul(&maxc_neq_r.f_logical_and(&maxc_eq_g.f_logical_not()?)?)?;
+    let h = (hr + hg + hb).f_mul_scalar(1.0 / 6.0)?.f_add_scalar(1.0)?.f_fmod(1.0)?;
+    Ok(Tensor::f_stack(&[h, s, maxc], 1)?)
+}
+
+/// torchvision's `_hsv_to_rgb`: the sextant picks each output channel from (v, p, q, t).
+fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let h6 = h.f_mul_scalar(6.0)?;
+    let i = h6.f_floor()?;
+    let f = h6.f_sub(&i)?;
+    let i = i.f_to_kind(Kind::Int64)?.f_remainder(6)?;
+    let sxf = s.f_mul(&f)?;
+    let one_minus_s = s.f_neg()?.f_add_scalar(1.0)?;
+    let q = sxf.f_neg()?.f_add_scalar(1.0)?.f_mul(v)?.f_clamp(0.0, 1.0)?;
+    let t = sxf.f_add(&one_minus_s)?.f_mul(v)?.f_clamp(0.0, 1.0)?;
+    let p = one_minus_s.f_mul(v)?.f_clamp(0.0, 1.0)?;
+    let vpqt = Tensor::f_stack(&[v.shallow_clone(), p, q, t], 1)?;
+    let select = Tensor::from_slice(&[0i64, 2, 1, 1, 3, 0, 3, 0, 0, 2, 1, 1, 1, 1, 3, 0, 0, 2]).f_view([3, 6])?.f_to_device(h.device())?;
+    // select[:, i] is [3, N, H, W]; move the channel axis to 1.
+    let idx = select.f_index_select(1, &i.f_flatten(0, -1)?)?.f_view([3, i.size()[0], i.size()[1], i.size()[2]])?.f_permute([1, 0, 2, 3])?;
+    Ok(vpqt.f_gather(1, &idx, false)?)
+}
+
+/// Luma replicated to three channels; a no-op on single-channel images.
+pub fn grayscale(x: &Tensor) -> Result<Tensor> {
+    if x.size()[1] != 3 {
+        return Ok(x.shallow_clone());
+    }
+    Ok(luma(x)?.f_expand([-1, 3, -1, -1], false)?.f_contiguous()?)
+}
+
+/// Gaussian blur with a `kernel`-tap kernel and one sigma per image, reflect padding, as
+/// torchvision's `gaussian_blur`, done as two 1-D grouped convolutions.
+pub fn gaussian_blur(x: &Tensor, kernel: i64, sigma: &Tensor) -> Result<Tensor> {
+    let [n, c, h, w] = x.size()[..] else { unreachable!("checked 4-D") };
+    let half = kernel / 2;
+    if half >= h || half >= w {
+        return Err(value_error("blur_kernel", format!("kernel {kernel} is too large for {h}x{w} images (reflect padding needs kernel/2 < side)")));
+    }
+    let lim = (kernel - 1) as f64 / (2.0 * std::f64::consts::SQRT_2);
+    let taps = Tensor::f_linspace(-lim, lim, kernel, (Kind::Float, x.device()))?;
+    let k1 = taps.f_view([1, -1])?.f_div(&sigma.f_view([-1, 1])?)?.f_square()?.f_neg()?.f_softmax(1, Kind::Float)?;
+    let k1 = k1.f_repeat_interleave_self_int(c, 0, None)?; // [N*C, K]
+    let padded = x.f_reshape([1, n * c, h, w])?.f_pad([half, half, half, half], "reflect", None)?;
+    let vertical = padded.f_conv2d(&k1.f_view([n * c, 1, kernel, 1])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c)?;
+    let both = vertical.f_conv2d(&k1.f_view([n * c, 1, 1, kernel])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c)?;
+    Ok(both.f_view([n, c, h, w])?)
+}
+
+pub fn solarize(x: &Tensor, threshold: f64) -> Result<Tensor> {
+    Ok(x.f_neg()?.f_add_scalar(1.0)?.f_where_self(&x.f_ge(threshold)?, x)?)
+}
