@@ -144,6 +144,9 @@ impl LearnerConfig {
         self.network().validate()?;
         if let Some(aug) = &self.augment {
             aug.validate()?;
+            if aug.mean.len() > 1 && aug.mean.len() as i64 != self.in_channels {
+                return Err(value_error("augment", format!("normalises {} channels but in_channels is {}; give it a mean/std per channel", aug.mean.len(), self.in_channels)));
+            }
         }
         let lr = self.lr.unwrap_or(0.0);
         if !(lr >= 0.0 && lr.is_finite()) {

@@ -6,8 +6,10 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod ema;
 pub mod error;
+pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod optim;

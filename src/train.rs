@@ -163,7 +163,7 @@ impl Learner {
         let g2 = loss::byol_loss_backward(&scale, &p2, &t1, &l21.saved)?;
         let surrogate = (&p1 * g1).f_sum(Kind::Float)? + (&p2 * g2).f_sum(Kind::Float)?;
         surrogate.f_backward()?;
-        let z_std = tch::no_grad(|| collapse_signal(&z1))?;
+        let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
 
         self.micro_step += 1;
         let updated = self.micro_step == self.config.accumulate;
@@ -251,11 +251,4 @@ impl Learner {
         }
         Ok(out)
     }
-}
-
-/// `mean_d std_n(z_n / |z_n|)` (solo-learn's z_std).
-fn collapse_signal(z: &Tensor) -> Result<f64> {
-    let norm = z.f_norm_scalaropt_dim(2, [1], true)?.f_clamp_min(1e-12)?;
-    let zn = z.f_div(&norm)?;
-    Ok(zn.f_std_dim(Some([0i64].as_slice()), true, false)?.f_mean(Kind::Float)?.double_value(&[]))
 }

@@ -4,12 +4,13 @@ random parameters, computed in Rust on the batch's device (src/augment/)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from . import _core
-from .errors import ByolTypeError
+from .errors import ByolTypeError, ByolValueError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,19 +26,30 @@ VIEW_FIELDS = {
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+def _number(arg: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ByolTypeError(f"{arg}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ByolValueError(f"{arg}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def _view_overrides(arg: str, values: Dict[str, Any]) -> Dict[str, Any]:
-    out = {}
+    out: Dict[str, Any] = {}
     for key, value in values.items():
         if key not in VIEW_FIELDS:
             raise ByolTypeError(f"{arg}: unknown view setting {key!r}; expected one of {sorted(VIEW_FIELDS)}")
-        kind = VIEW_FIELDS[key]
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-        elif kind is tuple and isinstance(value, (tuple, list)) and len(value) == 2:
-            value = [float(v) for v in value]
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            raise ByolTypeError(f"{arg}.{key}: expected {'a pair of floats' if kind is tuple else kind.__name__}, got {value!r}")
-        out[key] = value
+        kind, name = VIEW_FIELDS[key], f"{arg}.{key}"
+        if kind is float:
+            out[key] = _number(name, value)
+        elif kind is tuple:
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ByolTypeError(f"{name}: expected a pair (min, max), got {value!r}")
+            out[key] = [_number(name, v) for v in value]
+        elif not isinstance(value, str):
+            raise ByolTypeError(f"{name}: expected a string, got {value!r}")
+        else:
+            out[key] = value
     return out
 
 
@@ -95,8 +107,10 @@ class Augment:
             raise ByolTypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         if (mean is None) != (std is None):
             raise ByolTypeError("mean/std: give both or neither")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ByolTypeError(f"seed: expected a non-negative int, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise ByolTypeError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        if blur_kernel is not None and (isinstance(blur_kernel, bool) or not isinstance(blur_kernel, int)):
+            raise ByolTypeError(f"blur_kernel: expected an odd int or None, got {blur_kernel!r}")
         if layout not in ("auto", "NCHW", "NHWC"):
             raise ByolTypeError(f"layout: expected 'auto', 'NCHW' or 'NHWC', got {layout!r}")
         common = _view_overrides("Augment", both)
@@ -105,8 +119,8 @@ class Augment:
             "view1": {**_PAPER_VIEW1, **common, **_view_overrides("view1", view1 or {})},
             "view2": {**_PAPER_VIEW2, **common, **_view_overrides("view2", view2 or {})},
             "blur_kernel": blur_kernel,
-            "mean": [float(v) for v in mean] if mean is not None else [],
-            "std": [float(v) for v in std] if std is not None else [],
+            "mean": [_number("mean", v) for v in mean] if mean is not None else [],
+            "std": [_number("std", v) for v in std] if std is not None else [],
             "dtype": _DTYPES[dtype],
             "check": bool(check),
             "seed": seed,
@@ -156,7 +170,12 @@ class Augment:
 
     @rng_state.setter
     def rng_state(self, state: Sequence[int]) -> None:
-        self._engine.rng_state = list(state)
+        state = list(state)
+        if len(state) != 4 or not all(isinstance(v, int) and 0 <= v < 2**64 for v in state):
+            raise ByolValueError(f"rng_state: expected four ints in [0, 2**64), got {state!r}")
+        if not any(state):
+            raise ByolValueError("rng_state: the all-zero state is degenerate (the generator would never leave it)")
+        self._engine.rng_state = state
 
     def __repr__(self) -> str:
         c = self.config

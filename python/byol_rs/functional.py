@@ -12,6 +12,7 @@ from typing import Tuple
 import torch
 
 from . import _core
+from .errors import ByolTypeError
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: "int | Tuple[int, int]",
@@ -19,6 +20,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: "int | Tuple[i
     """Crops ``boxes[n] = (top, left, height, width)`` from image n and resizes it to ``size``
     (antialiased, like ``v2.functional.resized_crop``)."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
+    if isinstance(boxes, torch.Tensor) and boxes.is_floating_point():
+        raise ByolTypeError("boxes: expected integer pixel coordinates, got a floating-point tensor")
     return _core.resized_crop(images, boxes, hw, interpolation)
 
 

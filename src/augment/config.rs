@@ -163,6 +163,10 @@ impl AugmentConfig {
                 return Err(value_error("blur_kernel", format!("expected an odd positive kernel size, got {k}")));
             }
         }
+        let k = self.blur_kernel_size();
+        if (self.view1.blur_p > 0.0 || self.view2.blur_p > 0.0) && k / 2 >= h.min(w) {
+            return Err(value_error("blur_kernel", format!("kernel {k} is too large for {h}x{w} outputs (reflect padding needs kernel/2 < side)")));
+        }
         if self.mean.len() != self.std.len() {
             return Err(value_error("std", format!("has {} values but mean has {}", self.std.len(), self.mean.len())));
         }

@@ -1,6 +1,7 @@
 //! The PyO3 layer: argument extraction, GIL release and error mapping only. No math here.
 mod augment;
 mod errors;
+mod eval;
 mod kernels;
 mod learner;
 
@@ -13,6 +14,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__torch_version__", crate::TORCH_VERSION)?;
     kernels::register(m)?;
     augment::register(m)?;
+    eval::register(m)?;
     m.add_class::<learner::PyLearner>()?;
     Ok(())
 }

@@ -1,0 +1,264 @@
+"""`byol_rs.Augment` beside lightly's per-image BYOL views, in one process.
+
+    python benches/bench_augment.py [--repeats 5] [--threads N] [--write]
+    python benches/bench_augment.py --quick          # smoke run, a few seconds
+    python benches/bench_augment.py --profile        # where byol_rs's time goes, per stage and per ATen op
+
+lightly 1.6.0 (`BYOLView1Transform` / `BYOLView2Transform`) is timed the way a DataLoader
+worker runs it: one PIL image at a time through both views, on one core (torch limited to
+one thread, as in a worker). byol_rs is timed on the whole uint8 batch `[N, 3, H, W]`, with
+torch's default number of threads unless `--threads` says otherwise. The two sides are timed
+in alternation, batch by batch, and each figure is the median over the timed batches. Throughput is in view
+pairs per second; "per core" divides byol_rs's figure by `torch.get_num_threads()`.
+
+Settings matched on both sides: crop scale 0.08-1 and ratio 3/4-4/3, flip 0.5, jitter
+0.4/0.4/0.2/0.1 with p 0.8, grayscale 0.2, blur sigma 0.1-2, solarize 0 / 0.2. Paper views:
+blur p 1.0 / 0.1, ImageNet normalisation. Small-image views (`Augment.small_image`): no blur,
+no normalisation. Not matchable: lightly's crop resizes bilinearly (torchvision's default)
+where byol_rs uses the paper's bicubic, and lightly blurs with PIL's box-blur approximation
+(radius = sigma) where byol_rs uses a true Gaussian with a kernel of 10 % of the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import byol_rs
+from byol_rs import functional as BF
+from common import median_ms, write_section
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+# (name, output px, input px, preset); each runs at every batch size.
+CASES = [
+    ("32px paper", 32, 32, "byol"),
+    ("32px small_image", 32, 32, "small_image"),
+    ("28px paper", 28, 28, "byol"),
+    ("28px small_image", 28, 28, "small_image"),
+    ("224px paper", 224, 256, "byol"),
+]
+BATCHES = (256, 64)
+
+
+def photo_batch(n: int, side: int, seed: int = 0) -> np.ndarray:
+    """`n` RGB crops of scikit-image photos, resized to `side` x `side`: uint8 [n, side, side, 3]."""
+    import skimage.data
+
+    photos = [getattr(skimage.data, name)() for name in PHOTOS]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, side, side, 3), np.uint8)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+        top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        crop = Image.fromarray(img[top : top + s, left : left + s])
+        out[i] = np.asarray(crop.resize((side, side), Image.BICUBIC))
+    return out
+
+
+def lightly_views(size: int, preset: str):
+    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
+
+    if preset == "byol":
+        return BYOLView1Transform(input_size=size), BYOLView2Transform(input_size=size)
+    return (BYOLView1Transform(input_size=size, gaussian_blur=0.0, normalize=None),
+            BYOLView2Transform(input_size=size, gaussian_blur=0.0, normalize=None))
+
+
+def byol_rs_augment(size: int, preset: str) -> byol_rs.Augment:
+    return byol_rs.Augment.byol(size) if preset == "byol" else byol_rs.Augment.small_image(size)
+
+
+def time_pair(pils, views, aug, x, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median ms of lightly over `pils` and of `aug(x)`, the two timed in alternation so
+    that load from elsewhere on the machine falls on both sides alike."""
+    v1, v2 = views
+    threads = torch.get_num_threads()
+
+    def lightly():
+        torch.set_num_threads(1)  # a DataLoader worker runs torch on one thread
+        try:
+            for im in pils:
+                v1(im)
+                v2(im)
+        finally:
+            torch.set_num_threads(threads)
+
+    times: tuple[list, list] = ([], [])
+    for i in range(warmup + repeats):
+        for side, fn in enumerate((lightly, lambda: aug(x))):
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[side].append(time.perf_counter() - t0)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
+def run_cases(cases, batches, repeats: int, warmup: int) -> list[dict]:
+    rows = []
+    for name, size, side, preset in cases:
+        pool = photo_batch(max(batches), side)
+        for n in batches:
+            arr = pool[:n]
+            pils = [Image.fromarray(a) for a in arr]
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW, as PILToTensor + stack gives
+            ms_l, ms_r = time_pair(pils, lightly_views(size, preset), byol_rs_augment(size, preset), x, repeats, warmup)
+            threads = torch.get_num_threads()
+            row = dict(case=f"{name} b{n}", input=f"{side}x{side}", n=n, lightly=n / ms_l * 1e3, byol_rs=n / ms_r * 1e3, threads=threads)
+            row["per_core"] = row["byol_rs"] / threads
+            row["ratio"] = row["per_core"] / row["lightly"]
+            rows.append(row)
+            print(f"  {row['case']:<24} lightly {row['lightly']:9.0f}/s  byol_rs {row['byol_rs']:9.0f}/s "
+                  f"({row['per_core']:.0f}/s/core)  {row['ratio']:.2f}x per core", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| case | input | lightly pairs/s (1 core) | byol_rs pairs/s | byol_rs pairs/s/core | per-core ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['input']} | {r['lightly']:.0f} | {r['byol_rs']:.0f} ({r['threads']} thr) | {r['per_core']:.0f} | {r['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# --profile: the pipeline of src/augment/mod.rs (apply_view) re-run stage by stage with
+# byol_rs.functional, with the same row selection (index_select + index_copy_ per op).
+
+
+def _timed(acc: dict, key: str, fn):
+    t0 = time.perf_counter()
+    out = fn()
+    acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+    return out
+
+
+def _on_rows(acc, key, y, mask, op):
+    rows = mask.nonzero().flatten()
+    if rows.numel() == 0:
+        return y
+    if rows.numel() == y.shape[0]:
+        return _timed(acc, key, lambda: op(y))
+    sub = _timed(acc, "row select/copy (index_select + index_copy_)", lambda: y.index_select(0, rows))
+    out = _timed(acc, key, lambda: op(sub))
+    _timed(acc, "row select/copy (index_select + index_copy_)", lambda: y.index_copy_(0, rows, out))
+    return y
+
+
+def staged_views(aug: byol_rs.Augment, x: torch.Tensor, acc: dict):
+    cfg = aug.config
+    size = tuple(cfg["size"])
+    kernel = cfg["blur_kernel"] or max(round(0.1 * min(size)) | 1, 3)
+    n, _, h, w = x.shape
+    xf = _timed(acc, "uint8 -> float / 255", lambda: (x.float() / 255).contiguous())
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1) if cfg["mean"] else None
+    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1) if cfg["std"] else None
+    views = []
+    for params, vcfg in zip(aug.sample_params(n, h, w), (cfg["view1"], cfg["view2"])):
+        y = _timed(acc, f"resized_crop ({vcfg['interpolation']}, per-sample loop)",
+                   lambda: BF.resized_crop(xf, params["crop"], size, vcfg["interpolation"]))
+        if vcfg["interpolation"] == "bicubic":
+            y = _timed(acc, "clamp after bicubic", lambda: y.clamp(0, 1))
+        y = _on_rows(acc, "hflip", y, params["flip"], BF.hflip)
+        order, factors = params["jitter_order"], params["jitter_factors"].float()
+        ops = [("jitter brightness", BF.adjust_brightness), ("jitter contrast", BF.adjust_contrast),
+               ("jitter saturation", BF.adjust_saturation), ("jitter hue", BF.adjust_hue)]
+        for k in range(4):
+            for o, (key, fn) in enumerate(ops):
+                mask = params["jitter"] & (order[:, k] == o)
+                f = factors[mask.nonzero().flatten(), o]
+                y = _on_rows(acc, key, y, mask, lambda s, fn=fn, f=f: fn(s, f))
+        y = _on_rows(acc, "grayscale", y, params["grayscale"], BF.rgb_to_grayscale)
+        blur = ~params["blur_sigma"].isnan()
+        sig = params["blur_sigma"][blur].float()
+        y = _on_rows(acc, f"gaussian_blur (kernel {kernel})", y, blur, lambda s: BF.gaussian_blur(s, kernel, sig))
+        y = _on_rows(acc, "solarize", y, params["solarize"], lambda s: BF.solarize(s, cfg["view1"]["solarize_threshold"]))
+        if mean is not None:
+            y = _timed(acc, "normalise (sub mean, div std)", lambda: (y - mean) / std)
+        views.append(y)
+    return views
+
+
+def profile(threads: int, repeats: int) -> None:
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    for name, size, side, preset, n in [("224px paper", 224, 256, "byol", 64), ("32px paper", 32, 32, "byol", 256),
+                                        ("32px small_image", 32, 32, "small_image", 256)]:
+        x = torch.from_numpy(photo_batch(n, side)).permute(0, 3, 1, 2).contiguous()
+        aug = byol_rs_augment(size, preset)
+        whole = median_ms(lambda: aug(x), repeats)
+        acc: dict = {}
+        staged_views(aug, x, {})  # warm-up
+        totals = []
+        for _ in range(repeats):
+            before = sum(acc.values())
+            staged_views(aug, x, acc)
+            totals.append(sum(acc.values()) - before)
+        staged = statistics.median(totals) * 1e3
+        print(f"\n## {name}, batch {n}, {threads} threads: Augment() {whole:.1f} ms per call; "
+              f"staged re-run {staged:.1f} ms (both views; mean over {repeats} runs per stage)")
+        print("| stage | ms per call | share |\n| --- | ---: | ---: |")
+        for key, secs in sorted(acc.items(), key=lambda kv: -kv[1]):
+            ms = secs / repeats * 1e3
+            print(f"| {key} | {ms:.2f} | {ms / staged:.0%} |")
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                aug(x)
+        print(f"\nTop ATen ops inside Augment() (self CPU, per call):")
+        print("| op | calls per call | ms per call |\n| --- | ---: | ---: |")
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+        for e in events:
+            print(f"| {e.key} | {e.count / repeats:.0f} | {e.self_cpu_time_total / repeats / 1e3:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for byol_rs (default: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (batch 8, one repeat); never written")
+    parser.add_argument("--profile", action="store_true", help="break byol_rs's time down by stage and ATen op")
+    parser.add_argument("--write", action="store_true", help="record the table in benches/RESULTS.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    if args.profile:
+        profile(threads, args.repeats)
+        return
+    if args.quick:
+        cases, batches, repeats, warmup = [CASES[0], CASES[4]], (8,), 1, 1
+    else:
+        cases, batches, repeats, warmup = CASES, BATCHES, args.repeats, 1
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    rows = run_cases(cases, batches, repeats, warmup)
+    cmd = "python benches/bench_augment.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "") + \
+          (f" --threads {args.threads}" if args.threads else "") + " --write"
+    text = "\n".join([
+        f"Command: `{cmd}` (CPU, byol_rs on {threads} torch threads, lightly on 1; torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}). Median of {repeats} timed batches after {warmup} warm-up, "
+        f"in view pairs per second; inputs are crops of scikit-image photos, uint8. Per-core ratio = "
+        f"(byol_rs pairs/s / {threads}) / lightly pairs/s. Load average at start: {load:.2f} on {os.cpu_count()} CPUs.",
+        "",
+        table(rows),
+    ])
+    print()
+    print(text)
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    if args.write and not args.quick:
+        write_section("augment", "## Augmentations: byol_rs.Augment vs lightly's per-image views (issue 4)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The main job behind ``byol-rs train``: BYOL on an in-memory image set for a time or
+epoch budget, with live progress, periodic kNN, checkpoints, exact resume, and a final
+report against the same backbone at random init. The heavy work (augmentations, steps,
+kNN, linear probe) runs in Rust; this module only orchestrates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from . import data as datasets
+from .augment import Augment
+from .eval import LinearProbe, effective_rank, embed_all, knn_accuracy, z_std
+from .learner import BYOL
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "trainer_state.json"
+OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
+
+
+@dataclass
+class TrainConfig:
+    """Defaults: the recipe measured in benches/RESULTS.md for Fashion-MNIST on 2 CPU cores."""
+    dataset: str = "fashion-mnist"
+    data_dir: Optional[str] = None
+    minutes: Optional[float] = 10.0
+    epochs: Optional[float] = None
+    backbone: str = "convnet"
+    batch_size: int = 256
+    preset: Optional[str] = None
+    optimizer: str = "lars"
+    lr: Optional[float] = None
+    weight_decay: float = 1.5e-6
+    tau_base: float = 0.99
+    projector_hidden: int = 1024
+    projection_dim: int = 128
+    crop_scale: tuple = (0.2, 1.0)
+    warmup_fraction: float = 0.05
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/byol"
+    eval_every_minutes: float = 2.0
+    checkpoint_every_minutes: float = 2.0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    progress: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class TrainError(ValueError):
+    """A problem with the run's inputs; the CLI prints it on one line and exits with 2."""
+
+
+def _augment(cfg: TrainConfig, d: datasets.ImageData) -> Augment:
+    mean, std = d.mean_std()
+    return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed)
+
+
+def _learner(cfg: TrainConfig, d: datasets.ImageData, total_steps: int, steps_per_epoch: int) -> BYOL:
+    kwargs: Dict[str, Any] = dict(
+        in_channels=d.channels, small_image=True, projector_hidden=cfg.projector_hidden,
+        predictor_hidden=cfg.projector_hidden, projection_dim=cfg.projection_dim,
+        optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, tau_base=cfg.tau_base,
+        total_steps=total_steps, warmup_steps=int(total_steps * cfg.warmup_fraction),
+        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, d), **cfg.extra)
+    if cfg.preset:
+        kwargs.update(preset=cfg.preset, steps_per_epoch=steps_per_epoch)
+    return BYOL(cfg.backbone, **kwargs)
+
+
+def _eval_input(images: torch.Tensor, mean: List[float], std: List[float], device: str) -> torch.Tensor:
+    x = images.to(device).float().div_(255)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def evaluate(learner: BYOL, d: datasets.ImageData, *, linear: bool, k: int = 200,
+             temperature: float = 0.1, max_train: Optional[int] = None,
+             max_test: Optional[int] = None) -> Dict[str, float]:
+    """kNN (and optionally linear-probe) accuracy of the learner's backbone features."""
+    mean, std = d.mean_std()
+    dev = learner.config["device"]
+    trx, try_ = d.train_images[:max_train], d.train_labels[:max_train]
+    tex, tey = d.test_images[:max_test], d.test_labels[:max_test]
+    embed = lambda x: learner.embed(_eval_input(x, mean, std, dev)).cpu()  # noqa: E731
+    ftr, fte = embed_all(embed, trx), embed_all(embed, tex)
+    out = {"knn": knn_accuracy(ftr, try_, fte, tey, k=k, temperature=temperature),
+           "effective_rank": effective_rank(fte[:4096]), "feature_z_std": z_std(fte)}
+    if linear:
+        probe = LinearProbe.fit(ftr, try_)
+        out.update(linear=probe.accuracy(fte, tey), linear_c=probe.c)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self._prepare_out(resume, force)
+        self.data = datasets.load(cfg.dataset, cfg.data_dir)
+        n = len(self.data.train_images)
+        if cfg.batch_size > n:
+            raise TrainError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
+        self.steps_per_epoch = n // cfg.batch_size
+        self.rows: List[Dict[str, Any]] = []
+        self.elapsed = 0.0
+        if resume:
+            self._resume()
+        else:
+            self.total_steps = self._plan_steps()
+            self.learner = _learner(cfg, self.data, self.total_steps, self.steps_per_epoch)
+
+    def _prepare_out(self, resume: bool, force: bool) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise TrainError(f"--out {self.out}: not writable ({e.strerror})") from None
+        existing = [name for name in OUTPUTS if (self.out / name).exists()]
+        if resume:
+            if not (self.out / CHECKPOINT).exists():
+                raise TrainError(f"--resume: no {CHECKPOINT} in {self.out}")
+        elif existing and not force:
+            raise TrainError(f"--out {self.out} already holds {', '.join(existing)}; use --force to overwrite or --resume to continue")
+
+    def _plan_steps(self) -> int:
+        """Steps for the budget: epochs directly, or minutes times a measured step rate."""
+        if self.cfg.epochs is not None:
+            return max(1, int(round(self.cfg.epochs * self.steps_per_epoch)))
+        probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch)
+        batch = self.data.train_images[: self.cfg.batch_size]
+        probe.step(batch)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            probe.step(batch)
+        per_step = (time.perf_counter() - t0) / 3
+        budget = self.cfg.minutes * 60
+        evals = budget / (self.cfg.eval_every_minutes * 60) if self.cfg.eval_every_minutes > 0 else 0
+        eval_cost = evals * self._knn_seconds(per_step)
+        return max(1, int((budget - eval_cost) / per_step))
+
+    def _knn_seconds(self, per_step: float) -> float:
+        # Periodic kNN embeds 10k + 2k images: about (12k / batch) forward passes, ~1/4 of a step each.
+        return 12_000 / self.cfg.batch_size * per_step / 4 + 1.0
+
+    def _resume(self) -> None:
+        try:
+            state = json.loads((self.out / STATE).read_text())
+        except (OSError, ValueError) as e:
+            raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
+        saved_cfg = state["config"]
+        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out")}
+        theirs = {k: v for k, v in saved_cfg.items() if k in mine}
+        theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
+        mine["crop_scale"] = tuple(mine["crop_scale"])
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise TrainError(f"--resume: the checkpoint in {self.out} was made with a different config ({', '.join(diff)})")
+        self.total_steps = state["total_steps"]
+        self.elapsed = state["elapsed"]
+        self.rows = state["rows"]
+        self.learner = BYOL.load(self.out / CHECKPOINT, device=self.cfg.device)
+
+    def _save(self) -> None:
+        self.learner.save(self.out / CHECKPOINT)
+        state = {"config": asdict(self.cfg), "total_steps": self.total_steps, "elapsed": self.elapsed, "rows": self.rows}
+        tmp = self.out / (STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.out / STATE)
+
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        """The batch for optimizer step ``step``: epoch-wise permutations derived from the
+        seed, so a resumed run sees exactly the batches the uninterrupted run would."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.data.train_images), generator=g)
+        return perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+
+    def train(self) -> Dict[str, Any]:
+        """Runs to the end of the budget; Ctrl-C saves a checkpoint and raises KeyboardInterrupt."""
+        from tqdm.auto import tqdm
+
+        cfg, learner = self.cfg, self.learner
+        start_step = learner.step_count
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not cfg.progress,
+                   unit="step", dynamic_ncols=True)
+        last_eval = last_ckpt = time.perf_counter()
+        t_prev, seen = time.perf_counter(), 0
+        try:
+            for step in range(start_step, self.total_steps):
+                m = learner.step(self.data.train_images[self._batch_indices(step)])
+                now = time.perf_counter()
+                self.elapsed += now - t_prev
+                t_prev = now
+                seen += cfg.batch_size
+                row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
+                       "seconds": round(self.elapsed, 2), "loss": m["loss"], "lr": m["lr"],
+                       "tau": m["tau"], "z_std": m["z_std"], "knn": ""}
+                if cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60:
+                    row["knn"] = evaluate(learner, self.data, linear=False, k=cfg.knn_k,
+                                          temperature=cfg.knn_temperature, max_train=10_000,
+                                          max_test=2_000)["knn"]
+                    last_eval = t_prev = time.perf_counter()
+                    bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
+                self.rows.append(row)
+                if now - last_ckpt >= cfg.checkpoint_every_minutes * 60:
+                    self._save()
+                    last_ckpt = t_prev = time.perf_counter()
+                bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(row['seconds'] - (self.rows[-2]['seconds'] if len(self.rows) > 1 else 0), 1e-9):.0f}",
+                                lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            bar.close()
+            self._save()
+            raise
+        bar.close()
+        self._save()
+        return {"steps": learner.step_count, "seconds": self.elapsed}
+
+    def report(self) -> Dict[str, Any]:
+        """Final kNN and linear probe on the full test set, trained vs random init; writes
+        metrics.csv, report.json and curves.png."""
+        cfg = self.cfg
+        kw = dict(k=cfg.knn_k, temperature=cfg.knn_temperature)
+        trained = evaluate(self.learner, self.data, linear=True, **kw)
+        baseline = evaluate(_learner(cfg, self.data, self.total_steps, self.steps_per_epoch), self.data, linear=True, **kw)
+        report = {
+            "dataset": self.data.name, "backbone": cfg.backbone, "steps": self.learner.step_count,
+            "epochs": round(self.learner.step_count / self.steps_per_epoch, 3),
+            "train_seconds": round(self.elapsed, 1), "images_per_second": round(self.learner.step_count * cfg.batch_size / max(self.elapsed, 1e-9), 1),
+            "trained": trained, "random_init": baseline,
+            "gain": {k: trained[k] - baseline[k] for k in ("knn", "linear")},
+            "config": asdict(cfg), "learner_config": self.learner.config,
+        }
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["step"])
+            w.writeheader()
+            w.writerows(self.rows)
+        (self.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        plot_curves(self.rows, report, self.out / "curves.png")
+        return report
+
+
+def plot_curves(rows: List[Dict[str, Any]], report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    minutes = [r["seconds"] / 60 for r in rows]
+    ax[0].plot(minutes, [r["loss"] for r in rows], lw=0.6)
+    ax[0].set(title="BYOL loss", xlabel="training minutes")
+    ax[1].plot(minutes, [r["z_std"] for r in rows], lw=0.6)
+    d = report["learner_config"]["projection_dim"]
+    ax[1].axhline(1 / math.sqrt(d), ls="--", c="gray", label="1/sqrt(d), ideal")
+    ax[1].set(title="z_std (collapse signal)", xlabel="training minutes")
+    ax[1].legend()
+    knn = [(r["seconds"] / 60, r["knn"]) for r in rows if r["knn"] != ""]
+    if knn:
+        ax[2].plot(*zip(*knn), "o-", label="kNN (10k bank, 2k queries)")
+    ax[2].axhline(report["trained"]["knn"], c="C1", label=f"final kNN {report['trained']['knn']:.3f}")
+    ax[2].axhline(report["random_init"]["knn"], c="gray", ls="--", label=f"random init {report['random_init']['knn']:.3f}")
+    ax[2].set(title="weighted kNN accuracy (k=200, T=0.1)", xlabel="training minutes")
+    ax[2].legend(fontsize=8)
+    fig.suptitle(f"byol-rs on {report['dataset']}: {report['steps']} steps, {report['epochs']} epochs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def install_sigterm_as_interrupt() -> None:
+    """SIGTERM (e.g. from a job scheduler) saves a checkpoint like Ctrl-C does."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -1,0 +1,2 @@
+//! Datasets on disk.
+pub mod idx;
