@@ -7,8 +7,9 @@
 lightly 1.6.0 (`BYOLView1Transform` / `BYOLView2Transform`) is timed the way a DataLoader
 worker runs it: one PIL image at a time through both views, on one core (torch limited to
 one thread, as in a worker). byol_rs is timed on the whole uint8 batch `[N, 3, H, W]`, with
-torch's default number of threads unless `--threads` says otherwise. The two sides are timed
-in alternation, batch by batch, and each figure is the median over the timed batches. Throughput is in view
+torch's default number of threads unless `--threads` says otherwise, and again on one thread.
+The sides are timed in alternation, batch by batch, and each figure is the median over the
+timed batches. Throughput is in view
 pairs per second; "per core" divides byol_rs's figure by `torch.get_num_threads()`.
 
 Settings matched on both sides: crop scale 0.08-1 and ratio 3/4-4/3, flip 0.5, jitter
@@ -78,57 +79,73 @@ def byol_rs_augment(size: int, preset: str) -> byol_rs.Augment:
     return byol_rs.Augment.byol(size) if preset == "byol" else byol_rs.Augment.small_image(size)
 
 
-def time_pair(pils, views, aug, x, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median ms of lightly over `pils` and of `aug(x)`, the two timed in alternation so
-    that load from elsewhere on the machine falls on both sides alike."""
+def time_sides(pils, views, aug, x, repeats: int, warmup: int) -> tuple[float, float, float]:
+    """Median ms of lightly over `pils`, of `aug(x)` on torch's threads and of `aug(x)` on one
+    thread, the three timed in alternation so that load from elsewhere on the machine falls
+    on all of them alike."""
     v1, v2 = views
     threads = torch.get_num_threads()
 
-    def lightly():
-        torch.set_num_threads(1)  # a DataLoader worker runs torch on one thread
-        try:
-            for im in pils:
-                v1(im)
-                v2(im)
-        finally:
-            torch.set_num_threads(threads)
+    def on_threads(n, fn):
+        def run():
+            torch.set_num_threads(n)
+            try:
+                fn()
+            finally:
+                torch.set_num_threads(threads)
+        return run
 
-    times: tuple[list, list] = ([], [])
+    def lightly():
+        for im in pils:
+            v1(im)
+            v2(im)
+
+    # A DataLoader worker runs torch on one thread.
+    sides = [on_threads(1, lightly), lambda: aug(x)]
+    if threads > 1:
+        sides.append(on_threads(1, lambda: aug(x)))
+    times: list[list[float]] = [[] for _ in sides]
     for i in range(warmup + repeats):
-        for side, fn in enumerate((lightly, lambda: aug(x))):
+        for side, fn in enumerate(sides):
             t0 = time.perf_counter()
             fn()
             if i >= warmup:
                 times[side].append(time.perf_counter() - t0)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+    ms = [statistics.median(t) * 1e3 for t in times]
+    return ms[0], ms[1], ms[-1]
 
 
 def run_cases(cases, batches, repeats: int, warmup: int) -> list[dict]:
     rows = []
+    threads = torch.get_num_threads()
     for name, size, side, preset in cases:
         pool = photo_batch(max(batches), side)
         for n in batches:
             arr = pool[:n]
             pils = [Image.fromarray(a) for a in arr]
             x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW, as PILToTensor + stack gives
-            ms_l, ms_r = time_pair(pils, lightly_views(size, preset), byol_rs_augment(size, preset), x, repeats, warmup)
-            threads = torch.get_num_threads()
-            row = dict(case=f"{name} b{n}", input=f"{side}x{side}", n=n, lightly=n / ms_l * 1e3, byol_rs=n / ms_r * 1e3, threads=threads)
+            ms_l, ms_r, ms_1 = time_sides(pils, lightly_views(size, preset), byol_rs_augment(size, preset), x, repeats, warmup)
+            row = dict(case=f"{name} b{n}", input=f"{side}x{side}", n=n, threads=threads,
+                       lightly=n / ms_l * 1e3, byol_rs=n / ms_r * 1e3, one_thread=n / ms_1 * 1e3)
             row["per_core"] = row["byol_rs"] / threads
             row["ratio"] = row["per_core"] / row["lightly"]
+            row["ratio_1"] = row["one_thread"] / row["lightly"]
             rows.append(row)
-            print(f"  {row['case']:<24} lightly {row['lightly']:9.0f}/s  byol_rs {row['byol_rs']:9.0f}/s "
-                  f"({row['per_core']:.0f}/s/core)  {row['ratio']:.2f}x per core", flush=True)
+            print(f"  {row['case']:<24} lightly {row['lightly']:7.0f}/s | byol_rs {row['byol_rs']:7.0f}/s on {threads} thr "
+                  f"= {row['per_core']:.0f}/s/core, {row['ratio']:.2f}x | on 1 thr {row['one_thread']:.0f}/s, {row['ratio_1']:.2f}x", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    t = rows[0]["threads"]
     lines = [
-        "| case | input | lightly pairs/s (1 core) | byol_rs pairs/s | byol_rs pairs/s/core | per-core ratio |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"| case | input | lightly pairs/s (1 core) | byol_rs pairs/s ({t} threads) | per core | per-core ratio "
+        f"| byol_rs pairs/s (1 thread) | 1-thread ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['input']} | {r['lightly']:.0f} | {r['byol_rs']:.0f} ({r['threads']} thr) | {r['per_core']:.0f} | {r['ratio']:.2f}x |")
+        lines.append(f"| {r['case']} | {r['input']} | {r['lightly']:.0f} | {r['byol_rs']:.0f} | {r['per_core']:.0f} | "
+                     f"{r['ratio']:.2f}x | {r['one_thread']:.0f} | {r['ratio_1']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -243,13 +260,14 @@ def main() -> None:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     rows = run_cases(cases, batches, repeats, warmup)
-    cmd = "python benches/bench_augment.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "") + \
-          (f" --threads {args.threads}" if args.threads else "") + " --write"
+    cmd = "python benches/bench_augment.py" + (" --quick" if args.quick else "") + \
+          (f" --repeats {args.repeats}" if args.repeats != 5 and not args.quick else "") + \
+          (f" --threads {args.threads}" if args.threads else "") + (" --write" if args.write and not args.quick else "")
     text = "\n".join([
         f"Command: `{cmd}` (CPU, byol_rs on {threads} torch threads, lightly on 1; torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}). Median of {repeats} timed batches after {warmup} warm-up, "
         f"in view pairs per second; inputs are crops of scikit-image photos, uint8. Per-core ratio = "
-        f"(byol_rs pairs/s / {threads}) / lightly pairs/s. Load average at start: {load:.2f} on {os.cpu_count()} CPUs.",
+        f"(byol_rs pairs/s / {threads}) / lightly pairs/s; 1-thread ratio = byol_rs on one torch thread / lightly. Load average at start: {load:.2f} on {os.cpu_count()} CPUs.",
         "",
         table(rows),
     ])

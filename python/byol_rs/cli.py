@@ -1,9 +1,119 @@
-"""Command line: ``byol-rs <command>`` (also ``python -m byol_rs <command>``)."""
+"""Command line: ``byol-rs <command>`` (also ``python -m byol_rs <command>``).
+
+  train   BYOL on Fashion-MNIST (default), scikit-learn's digits or an IDX folder
+  eval    kNN and linear-probe accuracy of a saved run
+  export  a saved run's backbone as a torchvision-loadable state dict
+  demo    the fused loss and EMA on real photos, beside PyTorch
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        _fail(f"{self.prog}: error: {message}")
+
+
+def _fail(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import DatasetError
+    from .errors import ByolError
+    from .trainer import TrainConfig, Trainer, TrainError, install_sigterm_as_interrupt
+
+    fields = dict(dataset=args.dataset, data_dir=args.data, backbone=args.backbone,
+                  batch_size=args.batch_size, preset=args.preset, optimizer=args.optimizer,
+                  lr=args.lr, device=args.device, seed=args.seed, out=args.out,
+                  eval_every_minutes=args.eval_every, checkpoint_every_minutes=args.checkpoint_every,
+                  progress=not args.no_progress)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if args.epochs is not None:
+        fields.update(epochs=args.epochs, minutes=None)
+    elif args.minutes is not None:
+        fields["minutes"] = args.minutes
+    cfg = TrainConfig(**fields)
+    try:
+        trainer = Trainer(cfg, resume=args.resume, force=args.force)
+    except (TrainError, DatasetError, ByolError) as e:
+        _fail(f"byol-rs train: error: {e}")
+    install_sigterm_as_interrupt()
+    budget = f"{cfg.epochs} epochs" if cfg.epochs is not None else f"{cfg.minutes} minutes"
+    print(f"byol-rs: {trainer.data.name} ({len(trainer.data.train_images)} train / {len(trainer.data.test_images)} test), "
+          f"{cfg.backbone}, batch {cfg.batch_size}, {trainer.total_steps} steps ({budget}) -> {cfg.out}")
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: checkpoint saved at step {trainer.learner.step_count}; continue with --resume --out {cfg.out}")
+        return 130
+    print("final evaluation (full test set, trained vs random init) ...")
+    report = trainer.report()
+    t, r = report["trained"], report["random_init"]
+    print(f"kNN    {t['knn']:.4f}  (random init {r['knn']:.4f}, {t['knn'] - r['knn']:+.4f})")
+    print(f"linear {t['linear']:.4f}  (random init {r['linear']:.4f}, {t['linear'] - r['linear']:+.4f})")
+    print(f"{report['steps']} steps, {report['epochs']} epochs, {report['images_per_second']} img/s; "
+          f"wrote metrics.csv, report.json, curves.png, checkpoint.safetensors to {cfg.out}")
+    return 0
+
+
+def _load_learner(path: str):
+    from .errors import ByolError
+    from .learner import BYOL
+
+    if not Path(path).is_file():
+        _fail(f"byol-rs: error: no checkpoint at {path}")
+    try:
+        return BYOL.load(path)
+    except ByolError as e:
+        _fail(f"byol-rs: error: {e}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .data import DatasetError, load
+    from .trainer import evaluate
+
+    learner = _load_learner(args.checkpoint)
+    try:
+        data = load(args.dataset, args.data)
+    except DatasetError as e:
+        _fail(f"byol-rs eval: error: {e}")
+    if data.channels != learner.config["in_channels"]:
+        _fail(f"byol-rs eval: error: the checkpoint expects {learner.config['in_channels']} channel(s), {data.name} has {data.channels}")
+    print(json.dumps(evaluate(learner, data, linear=not args.knn_only), indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    learner = _load_learner(args.checkpoint)
+    torch.save(learner.backbone_state_dict(), args.output)
+    c = learner.config
+    stem = " (small-image stem: conv1 3x3 stride 1, no max-pool)" if c["small_image"] and c["backbone"] != "convnet" else ""
+    print(f"wrote the {c['backbone']} backbone{stem} to {args.output}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -14,15 +124,51 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol-rs", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the fused loss and EMA on real images, against PyTorch")
-    demo.set_defaults(func=_demo)
+    parser = _Parser(prog="byol-rs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train BYOL and report kNN / linear-probe accuracy")
+    t.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
+    t.add_argument("--data", metavar="DIR", help="an IDX folder (MNIST layout) instead of --dataset")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_positive(float), help="wall-time budget for training (default 10)")
+    budget.add_argument("--epochs", type=_positive(float), help="train for this many epochs instead")
+    t.add_argument("--backbone", choices=["convnet", "resnet18", "resnet34", "resnet50"])
+    t.add_argument("--batch-size", type=_positive(int))
+    t.add_argument("--preset", choices=["40ep", "100ep", "300ep", "1000ep"], help="the paper's lr / weight decay / tau for that length")
+    t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
+    t.add_argument("--lr", type=_positive(float), help="base learning rate per 256 images")
+    t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", metavar="DIR", help="where metrics, report, plot and checkpoint go (default runs/byol)")
+    t.add_argument("--force", action="store_true", help="overwrite a previous run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--eval-every", type=float, metavar="MIN", help="minutes between kNN checks (0: never)")
+    t.add_argument("--checkpoint-every", type=_positive(float), metavar="MIN", help="minutes between checkpoints")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="kNN and linear probe of a saved run on its test set")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
+    e.add_argument("--data", metavar="DIR")
+    e.add_argument("--knn-only", action="store_true")
+    e.set_defaults(func=_eval)
+
+    x = sub.add_parser("export", help="write the backbone as a torchvision state dict (torch.save)")
+    x.add_argument("checkpoint")
+    x.add_argument("output")
+    x.set_defaults(func=_export)
+
+    d = sub.add_parser("demo", help="the fused loss and EMA on real images, against PyTorch")
+    d.set_defaults(func=_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "resume", False) and args.force:
+        _fail("byol-rs train: error: --resume and --force contradict each other")
     return args.func(args)
 
 

@@ -161,7 +161,7 @@ class Trainer:
         except (OSError, ValueError) as e:
             raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
         saved_cfg = state["config"]
-        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out")}
+        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes")}
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
         mine["crop_scale"] = tuple(mine["crop_scale"])

@@ -1,0 +1,130 @@
+"""The main job (`byol-rs train / eval / export`) end to end on scikit-learn's digits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torchvision
+
+from byol_rs.cli import main
+from byol_rs.trainer import TrainConfig, Trainer, TrainError
+
+TINY = dict(dataset="digits", batch_size=128, projector_hidden=64, projection_dim=32,
+            progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
+
+
+def _weights(trainer):
+    l = trainer.learner
+    return {**l.named_parameters(), **{"t." + k: v for k, v in l.target_named_parameters().items()},
+            **{"o." + k: v for k, v in l.optimizer_state().items()}}
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    full = Trainer(TrainConfig(epochs=3, out=str(tmp_path / "full"), **TINY))
+    full.train()
+
+    cfg = TrainConfig(epochs=3, out=str(tmp_path / "cut"), **TINY)
+    cut = Trainer(cfg)
+    real_step, calls = cut.learner.step, []
+
+    def step_then_interrupt(batch):
+        if len(calls) == 13:
+            raise KeyboardInterrupt  # what Ctrl-C does between two steps
+        calls.append(1)
+        return real_step(batch)
+
+    cut.learner.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.learner.step_count == 13
+    resumed.train()
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit-identical on CPU
+    assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
+
+
+def test_report_files_and_gain_fields(tmp_path):
+    t = Trainer(TrainConfig(epochs=2, out=str(tmp_path), **TINY))
+    t.train()
+    report = t.report()
+    for name in ("metrics.csv", "report.json", "curves.png", "checkpoint.safetensors"):
+        assert (tmp_path / name).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["steps"] == report["steps"] == 2 * (1438 // 128)
+    for side in ("trained", "random_init"):
+        assert 0.1 < on_disk[side]["knn"] <= 1 and 0.1 < on_disk[side]["linear"] <= 1
+    assert on_disk["gain"]["knn"] == pytest.approx(on_disk["trained"]["knn"] - on_disk["random_init"]["knn"])
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,epoch,seconds,loss,lr,tau,z_std,knn") and len(lines) == report["steps"] + 1
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    t = Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY))
+    t.train()
+    with pytest.raises(TrainError, match="different config.*batch_size"):
+        Trainer(TrainConfig(epochs=1, out=str(tmp_path), **{**TINY, "batch_size": 64}), resume=True)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "byol_rs", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--bogus"], "unrecognized arguments"),
+    (["train", "--minutes", "-1"], "must be > 0"),
+    (["train", "--dataset", "digits", "--batch-size", "5000"], "larger than the training set"),
+    (["train", "--dataset", "digits", "--out", "/proc/no/such"], "not writable"),
+    (["train", "--data", "/no/such/dir"], "apt-get install dataset-fashion-mnist"),
+    (["eval", "/no/such.safetensors"], "no checkpoint"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    if "--out" not in args and args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "o")]
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_train_eval_export_and_refuse_overwrite(tmp_path):
+    out = tmp_path / "run"
+    r = _cli("train", "--dataset", "digits", "--epochs", "1", "--backbone", "resnet18", "--batch-size", "128",
+             "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "kNN" in r.stdout and (out / "curves.png").exists()
+    r = _cli("train", "--dataset", "digits", "--epochs", "1", "--out", str(out))
+    assert r.returncode == 2 and "--force" in r.stderr
+    r = _cli("train", "--dataset", "digits", "--epochs", "1", "--backbone", "convnet", "--out", str(out), "--resume")
+    assert r.returncode == 2 and "different config" in r.stderr
+    r = _cli("eval", str(out / "checkpoint.safetensors"), "--dataset", "digits", "--knn-only")
+    assert r.returncode == 0, r.stderr
+    assert 0 < json.loads(r.stdout)["knn"] <= 1
+    r = _cli("export", str(out / "checkpoint.safetensors"), str(tmp_path / "backbone.pt"))
+    assert r.returncode == 0, r.stderr
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+    net.maxpool, net.fc = torch.nn.Identity(), torch.nn.Identity()
+    net.load_state_dict(torch.load(tmp_path / "backbone.pt"), strict=True)
+
+
+def test_cli_ctrl_c_saves_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "byol_rs", "train", "--dataset", "digits", "--epochs", "200",
+                          "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "steps" not in (p.stdout.readline() or ""):
+        pass
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "checkpoint saved" in stdout and (out / "checkpoint.safetensors").exists()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert 0 < len(state["rows"]) < state["total_steps"]
