@@ -52,13 +52,13 @@ class LinearProbe:
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, *,
             c_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0), val_fraction: float = 0.1,
-            max_iter: int = 500, tol: float = 1e-6, seed: int = 0) -> "LinearProbe":
+            max_iter: int = 100, tol: float = 1e-6, seed: int = 0) -> "LinearProbe":
         return cls(_core.LinearProbe.fit(features, labels, [float(c) for c in c_grid],
                                          val_fraction, max_iter, tol, seed, True))
 
     @classmethod
     def fit_fixed(cls, features: torch.Tensor, labels: torch.Tensor, c: float, *,
-                  max_iter: int = 500, tol: float = 1e-6) -> "LinearProbe":
+                  max_iter: int = 100, tol: float = 1e-6) -> "LinearProbe":
         """Fits with a given ``C`` on all the features (for comparison with scikit-learn)."""
         return cls(_core.LinearProbe.fit(features, labels, [float(c)], 0.1, max_iter, tol, 0, False))
 

@@ -45,7 +45,7 @@ pub struct PyLinearProbe(Mutex<LinearProbe>);
 impl PyLinearProbe {
     /// Fits on `features`/`labels`; with one value in `c_grid` and `select=False`, no held-out split.
     #[staticmethod]
-    #[pyo3(signature = (features, labels, c_grid, val_fraction=0.1, max_iter=500, tol=1e-6, seed=0, select=true))]
+    #[pyo3(signature = (features, labels, c_grid, val_fraction=0.1, max_iter=100, tol=1e-6, seed=0, select=true))]
     #[allow(clippy::too_many_arguments)]
     fn fit(py: Python<'_>, features: PyTensor, labels: PyTensor, c_grid: Vec<f64>, val_fraction: f64, max_iter: i64, tol: f64, seed: u64, select: bool) -> PyResult<Self> {
         let cfg = ProbeConfig { c_grid, val_fraction, max_iter, tol, seed };

@@ -21,7 +21,7 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        Self { c_grid: vec![0.01, 0.1, 1.0, 10.0], val_fraction: 0.1, max_iter: 500, tol: 1e-6, seed: 0 }
+        Self { c_grid: vec![0.01, 0.1, 1.0, 10.0], val_fraction: 0.1, max_iter: 100, tol: 1e-6, seed: 0 }
     }
 }
 
