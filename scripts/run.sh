@@ -4,4 +4,5 @@ source "$(dirname "$0")/common.sh"
 ensure_venv
 ensure_fashion_mnist
 build_extension
-python -m byol_rs "${@:-demo}"
+if [ $# -eq 0 ]; then set -- train --force; fi
+python -m byol_rs "$@"
