@@ -2,15 +2,17 @@
 
     python benches/bench_augment.py [--repeats 5] [--threads N] [--write]
     python benches/bench_augment.py --quick          # smoke run, a few seconds
-    python benches/bench_augment.py --profile        # where byol_rs's time goes, per stage and per ATen op
+    python benches/bench_augment.py --profile [--threads 1]   # where byol_rs's time goes, per stage and per ATen op
 
 lightly 1.6.0 (`BYOLView1Transform` / `BYOLView2Transform`) is timed the way a DataLoader
 worker runs it: one PIL image at a time through both views, on one core (torch limited to
 one thread, as in a worker). byol_rs is timed on the whole uint8 batch `[N, 3, H, W]`, with
 torch's default number of threads unless `--threads` says otherwise, and again on one thread.
 The sides are timed in alternation, batch by batch, and each figure is the median over the
-timed batches. Throughput is in view
-pairs per second; "per core" divides byol_rs's figure by `torch.get_num_threads()`.
+timed batches. Throughput is in view pairs per second; "per core" divides byol_rs's figure by
+`torch.get_num_threads()`. On a machine busy with other work, run it with
+`OMP_WAIT_POLICY=PASSIVE`: otherwise libgomp's spinning threads make the multi-thread column
+collapse (benches/RESULTS.md, notes).
 
 Settings matched on both sides: crop scale 0.08-1 and ratio 3/4-4/3, flip 0.5, jitter
 0.4/0.4/0.2/0.1 with p 0.8, grayscale 0.2, blur sigma 0.1-2, solarize 0 / 0.2. Paper views:
@@ -47,6 +49,7 @@ CASES = [
     ("224px paper", 224, 256, "byol"),
 ]
 BATCHES = (256, 64)
+CASE_BUDGET_S = 15.0
 
 
 def photo_batch(n: int, side: int, seed: int = 0) -> np.ndarray:
@@ -79,10 +82,11 @@ def byol_rs_augment(size: int, preset: str) -> byol_rs.Augment:
     return byol_rs.Augment.byol(size) if preset == "byol" else byol_rs.Augment.small_image(size)
 
 
-def time_sides(pils, views, aug, x, repeats: int, warmup: int) -> tuple[float, float, float]:
+def time_sides(pils, views, aug, x, repeats: int, warmup: int, budget_s: float = CASE_BUDGET_S) -> tuple[float, float, float]:
     """Median ms of lightly over `pils`, of `aug(x)` on torch's threads and of `aug(x)` on one
     thread, the three timed in alternation so that load from elsewhere on the machine falls
-    on all of them alike."""
+    on all of them alike. Stops early (after at least 3 timed rounds) once the case has run
+    `budget_s` seconds, so that a busy machine cannot stretch the run without bound."""
     v1, v2 = views
     threads = torch.get_num_threads()
 
@@ -105,7 +109,10 @@ def time_sides(pils, views, aug, x, repeats: int, warmup: int) -> tuple[float, f
     if threads > 1:
         sides.append(on_threads(1, lambda: aug(x)))
     times: list[list[float]] = [[] for _ in sides]
+    start = time.perf_counter()
     for i in range(warmup + repeats):
+        if i >= warmup + min(3, repeats) and time.perf_counter() - start > budget_s:
+            break
         for side, fn in enumerate(sides):
             t0 = time.perf_counter()
             fn()
@@ -200,7 +207,7 @@ def staged_views(aug: byol_rs.Augment, x: torch.Tensor, acc: dict):
         blur = ~params["blur_sigma"].isnan()
         sig = params["blur_sigma"][blur].float()
         y = _on_rows(acc, f"gaussian_blur (kernel {kernel})", y, blur, lambda s: BF.gaussian_blur(s, kernel, sig))
-        y = _on_rows(acc, "solarize", y, params["solarize"], lambda s: BF.solarize(s, cfg["view1"]["solarize_threshold"]))
+        y = _on_rows(acc, "solarize", y, params["solarize"], lambda s, t=vcfg["solarize_threshold"]: BF.solarize(s, t))
         if mean is not None:
             y = _timed(acc, "normalise (sub mean, div std)", lambda: (y - mean) / std)
         views.append(y)
@@ -243,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for byol_rs (default: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (batch 8, one repeat); never written")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (batch 4, one timed batch, no warm-up); never written")
     parser.add_argument("--profile", action="store_true", help="break byol_rs's time down by stage and ATen op")
     parser.add_argument("--write", action="store_true", help="record the table in benches/RESULTS.md")
     args = parser.parse_args()
@@ -254,18 +261,20 @@ def main() -> None:
         profile(threads, args.repeats)
         return
     if args.quick:
-        cases, batches, repeats, warmup = [CASES[0], CASES[4]], (8,), 1, 1
+        cases, batches, repeats, warmup = [CASES[0], CASES[4]], (4,), 1, 0
     else:
         cases, batches, repeats, warmup = CASES, BATCHES, args.repeats, 1
     load = os.getloadavg()[0]
+    omp = os.environ.get("OMP_WAIT_POLICY", "")
     t0 = time.perf_counter()
     rows = run_cases(cases, batches, repeats, warmup)
-    cmd = "python benches/bench_augment.py" + (" --quick" if args.quick else "") + \
+    cmd = (f"OMP_WAIT_POLICY={omp} " if omp else "") + "python benches/bench_augment.py" + (" --quick" if args.quick else "") + \
           (f" --repeats {args.repeats}" if args.repeats != 5 and not args.quick else "") + \
           (f" --threads {args.threads}" if args.threads else "") + (" --write" if args.write and not args.quick else "")
     text = "\n".join([
         f"Command: `{cmd}` (CPU, byol_rs on {threads} torch threads, lightly on 1; torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}). Median of {repeats} timed batches after {warmup} warm-up, "
+        f"{platform.processor() or platform.machine()}). Median of up to {repeats} timed batches after {warmup} warm-up "
+        f"(fewer once a case has run {CASE_BUDGET_S:.0f} s), "
         f"in view pairs per second; inputs are crops of scikit-image photos, uint8. Per-core ratio = "
         f"(byol_rs pairs/s / {threads}) / lightly pairs/s; 1-thread ratio = byol_rs on one torch thread / lightly. Load average at start: {load:.2f} on {os.cpu_count()} CPUs.",
         "",
