@@ -14,6 +14,8 @@
 source "$(dirname "$0")/common.sh"
 ensure_venv  # torch-sys finds libtorch through the active venv's torch
 rm -f dist/byol_rs-*.whl
+# Relink: `maturin develop` patches the shared artifact's rpath with absolute build paths.
+touch src/lib.rs
 maturin build --release --compatibility linux --auditwheel skip -o dist/
 mkdir -p dist/gpu-deps
 if ! ls dist/gpu-deps/lightly-1.6.0-*.whl >/dev/null 2>&1; then

@@ -35,12 +35,12 @@ class TrainConfig:
     minutes: Optional[float] = 10.0
     epochs: Optional[float] = None
     backbone: str = "convnet"
-    batch_size: int = 256
+    batch_size: int = 128
     preset: Optional[str] = None
     optimizer: str = "lars"
-    lr: Optional[float] = None
+    lr: Optional[float] = 3.0
     weight_decay: float = 1.5e-6
-    tau_base: float = 0.99
+    tau_base: float = 0.98
     projector_hidden: int = 1024
     projection_dim: int = 128
     crop_scale: tuple = (0.2, 1.0)
