@@ -13,6 +13,7 @@ pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 pub mod shim;
 pub mod train;

@@ -138,9 +138,9 @@ mod aten {
 mod cpu {
     use super::*;
 
+    use crate::parallel::{parallel_rows, Ptr};
+
     const LANES: usize = 8;
-    /// Below this many elements the thread start-up costs more than it saves.
-    const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
     fn dot3(p: &[f32], z: &[f32]) -> (f32, f32, f32) {
         let (mut pp, mut zz, mut pz) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
@@ -161,30 +161,6 @@ mod cpu {
         }
         (spp, szz, spz)
     }
-
-    /// Splits `rows` rows into one contiguous block per thread and runs `f(first_row, rows)`.
-    fn parallel_rows<F: Fn(usize, usize) + Sync>(rows: usize, dim: usize, f: F) {
-        let threads = (tch::get_num_threads().max(1) as usize)
-            .min((rows * dim).div_ceil(PARALLEL_MIN_ELEMENTS))
-            .clamp(1, rows);
-        if threads == 1 {
-            return f(0, rows);
-        }
-        let per = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for start in (per..rows).step_by(per) {
-                let f = &f;
-                s.spawn(move || f(start, per.min(rows - start)));
-            }
-            f(0, per.min(rows));
-        });
-    }
-
-    /// Raw pointers wrapped so that the row blocks can cross threads; blocks never overlap.
-    #[derive(Clone, Copy)]
-    struct Ptr(*mut f32);
-    unsafe impl Send for Ptr {}
-    unsafe impl Sync for Ptr {}
 
     pub fn forward(p: &Tensor, z: &Tensor, eps: f32) -> Result<Tensor> {
         let (n, d) = (p.size()[0] as usize, p.size()[1] as usize);

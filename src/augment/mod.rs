@@ -1,6 +1,7 @@
 //! BYOL's asymmetric augmentations on whole batches, with parameters drawn per sample
 //! (paper appendix B). Parameters come from a host RNG; the pixels never leave the device.
 pub mod config;
+mod hue;
 pub mod ops;
 pub mod params;
 pub mod rng;

@@ -76,6 +76,10 @@ pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Result<Tensor> {
     if x.size()[1] != 3 {
         return Ok(x.shallow_clone());
     }
+    if x.device() == tch::Device::Cpu && x.kind() == Kind::Float {
+        let shift = Vec::<f32>::try_from(shift.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?)?;
+        return super::hue::adjust_hue_cpu(&x.f_contiguous()?, &shift);
+    }
     let hsv = rgb_to_hsv(x)?;
     let hsv = hsv.f_unbind(1)?;
     let h = hsv[0].f_add(&shift.f_view([-1, 1, 1])?)?.f_remainder(1.0)?;
