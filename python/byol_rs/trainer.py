@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int = 128
     preset: Optional[str] = None
     optimizer: str = "lars"
-    lr: Optional[float] = 3.0
+    lr: Optional[float] = 4.5
     weight_decay: float = 1.5e-6
     tau_base: float = 0.98
     projector_hidden: int = 1024
