@@ -27,6 +27,7 @@ import byol_rs
 import byol_rs.functional as BF
 from byol_rs.errors import ByolError, ByolTypeError, ByolValueError
 from conftest import requires_cuda
+from learner_state import assert_same, snapshot
 
 # Tolerances (absolute, images in [0, 1]); observed maxima on the 2-core CPU in brackets.
 TOL_GEOMETRY = 1e-6  # resized_crop bilinear/bicubic, hflip: the same ATen kernels [0.0]
@@ -798,23 +799,6 @@ def uint8_batches(k, n=8, seed=0):
     return [torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g) for _ in range(k)]
 
 
-def learner_state(learner):
-    out = {}
-    for kind in ["named_parameters", "target_named_parameters", "named_buffers", "target_named_buffers", "optimizer_state"]:
-        out.update({f"{kind}:{k}": v.detach().clone() for k, v in getattr(learner, kind)().items()})
-    out["step"] = learner.step_count
-    return out
-
-
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
-
-
 def test_learner_steps_on_uint8_batches():
     learner = make_learner()
     assert learner.config["augment"]["seed"] == 3
@@ -825,7 +809,7 @@ def test_learner_steps_on_uint8_batches():
     x = uint8_batches(1, seed=1)[0]
     ma, mb = a.step(x), b.step(x.permute(0, 2, 3, 1).contiguous())
     assert ma["loss"] == mb["loss"]
-    assert_same_state(learner_state(a), learner_state(b))
+    assert_same(snapshot(a), snapshot(b))
 
 
 def test_learner_augment_seed_matters():
@@ -846,7 +830,7 @@ def test_save_load_restores_augment_rng(tmp_path):
     assert resumed.step_count == 3
     losses += [resumed.step(x)["loss"] for x in batches[3:]]
     assert losses == losses_straight
-    assert_same_state(learner_state(resumed), learner_state(straight))
+    assert_same(snapshot(resumed), snapshot(straight))
     # the restored RNG matters: a pipeline restarted at its seed gives another step 4
     restart = make_learner()
     assert restart.step(batches[3])["loss"] != losses_straight[3]
@@ -862,16 +846,16 @@ def test_failed_step_changes_nothing_and_rewinds_augment_rng(bad, match):
     batches = uint8_batches(3)
     learner = make_learner()
     learner.step(batches[0])
-    before = learner_state(learner)
+    before = snapshot(learner)
     assert any(k.startswith("optimizer_state:") for k in before)
     with pytest.raises(ValueError, match=match):
         learner.step(bad())
-    assert_same_state(learner_state(learner), before)
+    assert_same(snapshot(learner), before)
     reference = make_learner()
     reference.step(batches[0])
     for x in batches[1:]:
         assert learner.step(x)["loss"] == reference.step(x)["loss"]
-    assert_same_state(learner_state(learner), learner_state(reference))
+    assert_same(snapshot(learner), snapshot(reference))
 
 
 # --------------------------------------------------------------------------- 8. CUDA

@@ -9,6 +9,7 @@ import torchvision
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import byol_rs
+from learner_state import assert_same, snapshot
 
 SMALL = dict(in_channels=1, projector_hidden=32, projection_dim=16, predictor_hidden=32, total_steps=20)
 
@@ -20,23 +21,6 @@ def small(**kw):
 def views(n=8, c=1, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, size, size, generator=g), torch.randn(n, c, size, size, generator=g)
-
-
-def snapshot(learner):
-    out = {}
-    for kind in ["named_parameters", "target_named_parameters", "named_buffers", "target_named_buffers", "optimizer_state"]:
-        out.update({f"{kind}:{k}": v.clone() for k, v in getattr(learner, kind)().items()})
-    out["step"] = learner.step_count
-    return out
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
 
 
 def test_target_starts_as_exact_copy_and_has_no_predictor():
