@@ -65,10 +65,8 @@ def bench_ema(repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
-def bench_loss(repeats: int) -> list[tuple[str, float]]:
-    torch.manual_seed(0)
-    p = torch.randn(4096, 256, requires_grad=True)
-    z = torch.randn(4096, 256)
+def loss_steps(p: torch.Tensor, z: torch.Tensor):
+    """Forward + backward of the loss: PyTorch's formula and byol_rs's fused kernel."""
 
     def reference():
         p.grad = None
@@ -78,6 +76,14 @@ def bench_loss(repeats: int) -> list[tuple[str, float]]:
         p.grad = None
         byol_rs.byol_loss(p, z).backward()
 
+    return reference, fused
+
+
+def bench_loss(repeats: int) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    p = torch.randn(4096, 256, requires_grad=True)
+    z = torch.randn(4096, 256)
+    reference, fused = loss_steps(p, z)
     return [
         ("loss fwd+bwd F.cosine_similarity, 4096 x 256", median_ms(reference, repeats)),
         ("loss fwd+bwd byol_rs.byol_loss, 4096 x 256", median_ms(fused, repeats)),

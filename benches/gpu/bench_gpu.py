@@ -55,6 +55,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench_kernels import loss_steps  # noqa: E402
+
 import byol_rs  # noqa: E402
 
 SECTIONS = ("env", "matmul_peak", "ema", "loss", "augment", "step", "host_sync", "cuda_tests")
@@ -270,14 +272,7 @@ class Bench:
             g = torch.Generator().manual_seed(0)
             p = torch.randn(s["shape"], generator=g).to(dtype).to(self.dev).requires_grad_()
             z = torch.randn(s["shape"], generator=g).to(dtype).to(self.dev)
-
-            def reference():
-                p.grad = None
-                (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()).backward()
-
-            def fused():
-                p.grad = None
-                byol_rs.byol_loss(p, z).backward()
+            reference, fused = loss_steps(p, z)
 
             ref = self.timed(reference, s["repeats"], s["warmup"])
             ours = self.timed(fused, s["repeats"], s["warmup"])

@@ -197,14 +197,14 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start_step, disable=not cfg.progress,
                    unit="step", dynamic_ncols=True)
         last_eval = last_ckpt = time.perf_counter()
-        t_prev, seen = time.perf_counter(), 0
+        t_prev = time.perf_counter()
         try:
             for step in range(start_step, self.total_steps):
                 m = learner.step(self.data.train_images[self._batch_indices(step)])
                 now = time.perf_counter()
-                self.elapsed += now - t_prev
+                step_seconds = now - t_prev
+                self.elapsed += step_seconds
                 t_prev = now
-                seen += cfg.batch_size
                 row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
                        "seconds": round(self.elapsed, 2), "loss": m["loss"], "lr": m["lr"],
                        "tau": m["tau"], "z_std": m["z_std"], "knn": ""}
@@ -218,7 +218,7 @@ class Trainer:
                 if now - last_ckpt >= cfg.checkpoint_every_minutes * 60:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
-                bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(row['seconds'] - (self.rows[-2]['seconds'] if len(self.rows) > 1 else 0), 1e-9):.0f}",
+                bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
                                 lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
                 bar.update(1)
         except KeyboardInterrupt:
