@@ -119,7 +119,7 @@ fn read_file(path: &Path) -> Result<(Map<String, Value>, HashMap<String, Tensor>
 
 /// Builds a learner from the checkpoint's config and fills in all state; on any error
 /// nothing is returned, so no half-loaded learner exists.
-pub fn load(path: &Path, device: Option<&str>) -> Result<Learner> {
+pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::Dist>) -> Result<Learner> {
     let (meta, tensors) = read_file(path)?;
     let field = |k: &str| meta.get(k).and_then(Value::as_str).ok_or_else(|| err(path, format!("metadata lacks {k}")));
     let mut config = LearnerConfig::from_json(field("config")?).map_err(|e| err(path, format!("bad config: {e}")))?;
@@ -127,7 +127,7 @@ pub fn load(path: &Path, device: Option<&str>) -> Result<Learner> {
         config.device = d.to_string();
     }
     let counter = |k: &str| -> Result<i64> { field(k)?.parse().map_err(|_| err(path, format!("bad {k}"))) };
-    let mut learner = Learner::new(config)?;
+    let mut learner = Learner::with_dist(config, dist)?;
     let expected = state_tensors(&learner);
     if expected.len() != tensors.len() {
         return Err(err(path, format!("holds {} tensors, this configuration has {}", tensors.len(), expected.len())));
@@ -146,5 +146,6 @@ pub fn load(path: &Path, device: Option<&str>) -> Result<Learner> {
     if let Some(aug) = learner.augment.as_mut() {
         aug.rng = serde_json::from_str(field("augment_rng")?).map_err(|e| err(path, format!("bad augment_rng: {e}")))?;
     }
+    learner.fork_rng_for_rank();
     Ok(learner)
 }

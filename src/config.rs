@@ -25,7 +25,8 @@ pub struct LearnerConfig {
     /// size times `accumulate`.
     pub batch_size: Option<i64>,
     pub weight_decay: f64,
-    pub momentum: f64,
+    /// Momentum of LARS / SGD (the paper's 0.9).
+    pub optimizer_momentum: f64,
     pub eta: f64,
     pub betas: (f64, f64),
     pub adam_eps: f64,
@@ -34,6 +35,10 @@ pub struct LearnerConfig {
     pub final_lr: f64,
     pub tau_base: f64,
     pub tau_final: f64,
+    /// `true`: the target is a momentum (EMA) copy, as in BYOL. `false`: SimSiam (Chen & He,
+    /// arXiv 2011.10566): the target is the online projection under stop-gradient, with no
+    /// EMA and no second network in memory.
+    pub momentum: bool,
     /// Optimizer updates happen on every `accumulate`-th call of `step`.
     pub accumulate: i64,
     /// Also EMA the target's BN running statistics (off: the target keeps its own, as in lightly).
@@ -72,7 +77,7 @@ impl Default for LearnerConfig {
             lr: None,
             batch_size: None,
             weight_decay: optim.weight_decay,
-            momentum: optim.momentum,
+            optimizer_momentum: optim.momentum,
             eta: optim.eta,
             betas: optim.betas,
             adam_eps: optim.eps,
@@ -81,6 +86,7 @@ impl Default for LearnerConfig {
             final_lr: 0.0,
             tau_base: 0.996,
             tau_final: 1.0,
+            momentum: true,
             accumulate: 1,
             ema_bn_stats: false,
             on_nonfinite: "raise".into(),
@@ -197,7 +203,7 @@ impl LearnerConfig {
         if self.optimizer != "adamw" && lr > 10.0 {
             return Err(value_error("lr", format!("{lr} per 256 images is far above the paper's 0.2-0.45 and diverges; pass allow_unsafe=True to insist")));
         }
-        if self.tau_base < 0.9 {
+        if self.momentum && self.tau_base < 0.9 {
             return Err(value_error("tau_base", format!("{} makes the target follow the online network too closely, which the paper shows collapses (table 5a); use 0.9 or more, or pass allow_unsafe=True", self.tau_base)));
         }
         Ok(())
@@ -216,7 +222,7 @@ impl LearnerConfig {
         OptimConfig {
             name: self.optimizer.clone(),
             weight_decay: self.weight_decay,
-            momentum: self.momentum,
+            momentum: self.optimizer_momentum,
             eta: self.eta,
             betas: self.betas,
             eps: self.adam_eps,

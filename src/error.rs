@@ -16,6 +16,9 @@ pub enum Error {
     /// A checkpoint could not be read or written.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: String, msg: String },
+    /// A collective across ranks failed, or another rank rejected its part of the step.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// An error raised inside libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -7,6 +7,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod ema;
 pub mod error;
 pub mod eval;

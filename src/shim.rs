@@ -43,3 +43,23 @@ pub fn channels_last(t: &Tensor) -> Result<Tensor> {
 pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
     check(unsafe { byol_set_grad(param.as_ptr(), grad.as_ptr()) })
 }
+
+extern "C" {
+    fn byol_all_reduce_autograd(
+        x: *const C_tensor,
+        callback: crate::distributed::TensorCallback,
+        state: *const std::ffi::c_void,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// `callback(state, copy of x)` as an autograd op whose backward applies the same callback to
+/// the incoming gradient (a sum across ranks is its own adjoint).
+///
+/// # Safety
+/// `state` must stay valid for as long as the returned tensor's graph can be backpropagated.
+pub unsafe fn all_reduce_autograd(x: &Tensor, callback: crate::distributed::TensorCallback, state: *const std::ffi::c_void) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(byol_all_reduce_autograd(x.as_ptr(), callback, state, &mut out))?;
+    Ok(Tensor::from_ptr(out))
+}

@@ -2,11 +2,13 @@
 //! (paper section 3.1, algorithm 1).
 use crate::augment::{Augment, Layout};
 use crate::config::LearnerConfig;
+use crate::distributed::Dist;
 use crate::ema;
 use crate::error::{value_error, Error, Result};
 use crate::loss::{self, Variant};
 use crate::model::flat::FlatTensors;
 use crate::model::network::{network, ordered_variables, Network};
+use crate::model::norm::SyncHandle;
 use crate::optim::{self, Optimizer};
 use crate::schedule::{cosine_tau, warmup_cosine_lr};
 use crate::shim;
@@ -33,7 +35,8 @@ pub struct Learner {
     pub device: Device,
     _stores: (nn::VarStore, nn::VarStore),
     online: Network,
-    target: Network,
+    /// `None` in SimSiam mode (`momentum=false`): the target is the online projection.
+    target: Option<Network>,
     pub params: FlatTensors,
     pub target_params: FlatTensors,
     pub buffers: FlatTensors,
@@ -47,18 +50,32 @@ pub struct Learner {
     pub skipped_steps: i64,
     /// The pipeline `step_images` applies; its RNG state is part of the training state.
     pub augment: Option<Augment>,
+    /// The process group of a data-parallel run.
+    pub dist: Option<Dist>,
 }
 
 impl Learner {
     pub fn new(config: LearnerConfig) -> Result<Self> {
+        Self::with_dist(config, None)
+    }
+
+    /// A learner that is one rank of a data-parallel run: gradients are averaged across ranks
+    /// before every update, so weights, optimizer state and target stay identical on all ranks.
+    pub fn with_dist(config: LearnerConfig, dist: Option<Dist>) -> Result<Self> {
         let config = config.resolve()?;
         let device = config.device()?;
+        if let Some(d) = &dist {
+            // Devices differ between ranks by design (cuda:0, cuda:1, ...); nothing else may.
+            let shared = LearnerConfig { device: String::new(), ..config.clone() };
+            d.check_same("configuration (or sync_bn)", &format!("{}|sync_bn={}", shared.to_json(), d.sync_bn), device)?;
+        }
         tch::manual_seed(config.seed);
         let net_cfg = config.network();
+        let sync = dist.as_ref().filter(|d| d.sync_bn && d.world_size() > 1).map(|d| SyncHandle(d.clone()));
         let online_vs = nn::VarStore::new(device);
-        let online = network(&online_vs.root(), &net_cfg, true)?;
+        let online = network(&online_vs.root(), &net_cfg, true, sync.as_ref())?;
         let target_vs = nn::VarStore::new(device);
-        let target = network(&target_vs.root(), &net_cfg, false)?;
+        let target = config.momentum.then(|| network(&target_vs.root(), &net_cfg, false, sync.as_ref())).transpose()?;
         let (online_p, online_b) = ordered_variables(&online_vs);
         let (target_p, target_b) = ordered_variables(&target_vs);
         let params = FlatTensors::adopt(online_p, Kind::Float, device)?;
@@ -75,7 +92,7 @@ impl Learner {
         let excluded = params.views.iter().map(|p| p.dim() == 1).collect();
         let optimizer = optim::build(&config.optim(), &params)?;
         let augment = config.augment.clone().map(Augment::new).transpose()?;
-        let learner = Self {
+        let mut learner = Self {
             config,
             device,
             _stores: (online_vs, target_vs),
@@ -92,9 +109,26 @@ impl Learner {
             micro_step: 0,
             skipped_steps: 0,
             augment,
+            dist,
         };
+        if let Some(d) = &learner.dist {
+            d.broadcast_from_rank0(&learner.params.flat)?;
+            d.broadcast_from_rank0(&learner.buffers.flat)?;
+        }
         learner.sync_target()?;
+        learner.fork_rng_for_rank();
         Ok(learner)
+    }
+
+    /// Rank r draws augmentations from the seed's stream jumped r times (2^128 draws each),
+    /// so ranks never share views and a checkpoint of rank 0's stream resumes every rank.
+    pub fn fork_rng_for_rank(&mut self) {
+        let rank = self.dist.as_ref().map_or(0, Dist::rank);
+        if let Some(a) = self.augment.as_mut() {
+            for _ in 0..rank {
+                a.rng.jump();
+            }
+        }
     }
 
     /// The target starts as an exact copy of the online encoder and projector.
@@ -112,7 +146,9 @@ impl Learner {
 
     pub fn lr(&self, batch: i64) -> Result<f64> {
         let c = &self.config;
-        let images = c.batch_size.unwrap_or(batch * c.accumulate);
+        // The global batch: every rank of a data-parallel run sees `batch` images.
+        let world = self.dist.as_ref().map_or(1, Dist::world_size);
+        let images = c.batch_size.unwrap_or(batch * c.accumulate * world);
         let scaled = c.lr.unwrap_or(0.0) * images as f64 / 256.0;
         warmup_cosine_lr(self.step, c.total_steps, c.warmup_steps, scaled, c.final_lr)
     }
@@ -123,34 +159,93 @@ impl Learner {
 
     /// One BYOL step on two augmented views of the same batch.
     pub fn step(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
+        let checked = self.check_views(view1, view2);
+        self.agree(checked)?;
+        self.step_checked(view1, view2)
+    }
+
+    /// Augments `images` into two views with the learner's pipeline, then steps. On any
+    /// error the pipeline's RNG is rewound too, so a failed call changes nothing.
+    pub fn step_images(&mut self, images: &Tensor, layout: Layout) -> Result<StepMetrics> {
+        let Some(augment) = self.augment.as_mut() else {
+            return Err(value_error("view2", "this learner has no augment pipeline: pass two views, or build it with augment=Augment(...)"));
+        };
+        let saved = augment.rng.clone();
+        let views = images.f_to_device(self.device).map_err(Into::into).and_then(|x| augment.views(&x, layout));
+        let checked = views.and_then(|(v1, v2)| self.check_views(&v1, &v2).map(|_| (v1, v2)));
+        let out = self.agree(checked).and_then(|(v1, v2)| self.step_checked(&v1, &v2));
+        if out.is_err() {
+            if let Some(a) = self.augment.as_mut() {
+                a.rng = saved;
+            }
+        }
+        out
+    }
+
+    /// In a data-parallel run every rank stops when any rank's local checks failed.
+    fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        match &self.dist {
+            Some(d) => d.agree(local, self.device),
+            None => local,
+        }
+    }
+
+    fn check_views(&self, view1: &Tensor, view2: &Tensor) -> Result<()> {
         self.check_images(view1, "view1")?;
         self.check_images(view2, "view2")?;
         if view1.size() != view2.size() {
             return Err(value_error("view2", format!("shape {:?} does not match view1 shape {:?}", view2.size(), view1.size())));
         }
-        let batch = view1.size()[0];
-        if batch < 2 {
+        if view1.size()[0] < 2 {
             return Err(value_error("view1", "training needs a batch of at least 2 images (BatchNorm statistics)"));
         }
-        let (lr, tau) = (self.lr(batch)?, self.tau()?);
-        // Running statistics are restored if the loss turns out non-finite.
+        Ok(())
+    }
+
+    fn step_checked(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
+        let batch = view1.size()[0];
+        let lr = self.lr(batch)?;
+        // SimSiam has no EMA; its target is the online network itself, i.e. tau = 0.
+        let tau = if self.target.is_some() { self.tau()? } else { 0.0 };
+        // Running statistics are restored if the step is rejected.
         let saved_stats = (self.buffers.flat.f_detach_copy()?, self.target_buffers.flat.f_detach_copy()?);
+        let restore_stats = |l: &Self| -> Result<()> {
+            let _guard = tch::no_grad_guard();
+            l.buffers.flat.shallow_clone().f_copy_(&saved_stats.0)?;
+            l.target_buffers.flat.shallow_clone().f_copy_(&saved_stats.1)?;
+            Ok(())
+        };
         let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
 
         // Online network, each view on its own so that BN statistics are per view.
         let z1 = self.online.project(&v1, true);
         let z2 = self.online.project(&v2, true);
         let (p1, p2) = (self.online.predict(&z1, true), self.online.predict(&z2, true));
-        // Target network, under stop-gradient.
-        let (t1, t2) = tch::no_grad(|| (self.target.project(&v1, true), self.target.project(&v2, true)));
+        // Target network under stop-gradient; in SimSiam mode the online projections.
+        let (t1, t2) = match &self.target {
+            Some(target) => tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
+            None => (z1.detach(), z2.detach()),
+        };
+        if let Some(Err(e)) = self.dist.as_ref().map(Dist::take_error) {
+            restore_stats(self)?;
+            return Err(e);
+        }
         // Symmetrised loss (eq. 2 and the sum below it): L(p1, z'2) + L(p2, z'1).
         let l12 = loss::byol_loss_forward(&p1, &t2, Variant::CosineSimilarity)?;
         let l21 = loss::byol_loss_forward(&p2, &t1, Variant::CosineSimilarity)?;
-        let loss_value = l12.loss.double_value(&[]) + l21.loss.double_value(&[]);
+        let mut loss_value = l12.loss.double_value(&[]) + l21.loss.double_value(&[]);
+        let mut z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
+        if let Some(d) = &self.dist {
+            // Every rank sees the global mean, so all of them accept or reject together.
+            let m = Tensor::from_slice(&[loss_value, z_std]).f_to_device(self.device)?;
+            if let Err(e) = d.average_(&m) {
+                restore_stats(self)?;
+                return Err(e);
+            }
+            (loss_value, z_std) = (m.f_double_value(&[0])?, m.f_double_value(&[1])?);
+        }
         if !loss_value.is_finite() {
-            let _guard = tch::no_grad_guard();
-            self.buffers.flat.f_copy_(&saved_stats.0)?;
-            self.target_buffers.flat.f_copy_(&saved_stats.1)?;
+            restore_stats(self)?;
             if self.config.on_nonfinite == "skip" {
                 self.skipped_steps += 1;
                 return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std: f64::NAN, updated: false, skipped_steps: self.skipped_steps });
@@ -162,11 +257,21 @@ impl Learner {
         let g1 = loss::byol_loss_backward(&scale, &p1, &t2, &l12.saved)?;
         let g2 = loss::byol_loss_backward(&scale, &p2, &t1, &l21.saved)?;
         let surrogate = (&p1 * g1).f_sum(Kind::Float)? + (&p2 * g2).f_sum(Kind::Float)?;
-        surrogate.f_backward()?;
-        let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
+        let updated = self.micro_step + 1 == self.config.accumulate;
+        let mut backward = surrogate.f_backward().map_err(Into::into);
+        if let (Some(d), true, Ok(())) = (&self.dist, updated, &backward) {
+            // The one gradient collective of the step, over the flat buffer.
+            backward = d.average_(&self.grads.flat);
+        }
+        if let Err(e) = backward {
+            // Only a failed collective or libtorch error gets here; the pending accumulation is dropped.
+            restore_stats(self)?;
+            let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
+            self.micro_step = 0;
+            return Err(e);
+        }
 
         self.micro_step += 1;
-        let updated = self.micro_step == self.config.accumulate;
         if updated {
             self.optimizer.step(&self.params, &self.grads, &self.excluded, lr, self.step + 1)?;
             // Target update, eq. 1: one lerp_ over the flat buffers.
@@ -179,23 +284,6 @@ impl Learner {
             self.step += 1;
         }
         Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps })
-    }
-
-    /// Augments `images` into two views with the learner's pipeline, then steps. On any
-    /// error the pipeline's RNG is rewound too, so a failed call changes nothing.
-    pub fn step_images(&mut self, images: &Tensor, layout: Layout) -> Result<StepMetrics> {
-        let Some(augment) = self.augment.as_mut() else {
-            return Err(value_error("view2", "this learner has no augment pipeline: pass two views, or build it with augment=Augment(...)"));
-        };
-        let saved = augment.rng.clone();
-        let views = augment.views(&images.f_to_device(self.device)?, layout);
-        let out = views.and_then(|(v1, v2)| self.step(&v1, &v2));
-        if out.is_err() {
-            if let Some(a) = self.augment.as_mut() {
-                a.rng = saved;
-            }
-        }
-        out
     }
 
     /// Eval-mode backbone features, without gradients.

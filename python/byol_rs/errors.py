@@ -25,4 +25,9 @@ class CheckpointError(ByolValueError):
     """A checkpoint is missing, truncated, foreign or could not be written."""
 
 
-__all__ = ["ByolError", "ByolValueError", "ByolTypeError", "NonFiniteLossError", "CheckpointError"]
+class DistributedError(ByolError, RuntimeError):
+    """A collective failed, or another rank rejected its input, so every rank stopped this step
+    with no weight, optimizer state or counter changed."""
+
+
+__all__ = ["ByolError", "ByolValueError", "ByolTypeError", "NonFiniteLossError", "CheckpointError", "DistributedError"]

@@ -10,14 +10,15 @@ import torch
 
 from . import _core
 from .augment import Augment
-from .errors import ByolTypeError
+from .distributed import group_spec
+from .errors import ByolTypeError, ByolValueError
 
 _TYPES = {
     "backbone": str, "in_channels": int, "small_image": bool, "projector_hidden": int,
     "projection_dim": int, "predictor_hidden": int, "optimizer": str, "lr": (float, type(None)),
-    "batch_size": (int, type(None)), "weight_decay": float, "momentum": float, "eta": float,
+    "batch_size": (int, type(None)), "weight_decay": float, "optimizer_momentum": float, "eta": float,
     "betas": tuple, "adam_eps": float, "total_steps": int, "warmup_steps": int, "final_lr": float,
-    "tau_base": float, "tau_final": float, "accumulate": int, "ema_bn_stats": bool,
+    "tau_base": float, "tau_final": float, "momentum": bool, "accumulate": int, "ema_bn_stats": bool,
     "on_nonfinite": str, "precision": str, "device": str, "seed": int, "channels_last": bool,
     "allow_unsafe": bool, "preset": (str, type(None)), "steps_per_epoch": (int, type(None)),
 }
@@ -46,6 +47,19 @@ class BYOL:
     ``preset="40ep" | "100ep" | "300ep" | "1000ep"`` with ``steps_per_epoch`` applies the
     paper's lr, weight decay and tau for that length, with 10 warm-up epochs.
 
+    ``momentum=False`` is SimSiam (Chen & He, arXiv 2011.10566): the target is the online
+    projection of the other view under stop-gradient, with no EMA and no target network in
+    memory (``tau`` reports 0).
+
+    Data parallel: under ``torch.distributed`` (``torchrun``) with more than one rank the
+    learner joins the default process group (``distributed=None``; ``True`` insists, ``False``
+    opts out; ``process_group`` picks another group). Each rank steps on its own shard; the
+    step averages the flat gradient buffer with one all-reduce before the update, so weights,
+    optimizer state and target stay bit-identical on all ranks. ``sync_bn`` (default: on when
+    distributed) computes every BN layer's batch statistics over all ranks, as the paper does.
+    If any rank rejects its input, every rank raises and none changes state. Configurations
+    must match across ranks (checked at construction). Only rank 0 writes in :meth:`save`.
+
     ``ema_bn_stats=False`` (default): the target runs in training mode with its own BN batch
     statistics, as in the official code, where the target's running statistics are never used;
     ``True`` makes its running statistics an EMA of the online ones, for using the target in
@@ -71,7 +85,7 @@ class BYOL:
         lr: Optional[float] = None,
         batch_size: Optional[int] = None,
         weight_decay: float = 1.5e-6,
-        momentum: float = 0.9,
+        optimizer_momentum: float = 0.9,
         eta: float = 1e-3,
         betas: Tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-8,
@@ -80,6 +94,7 @@ class BYOL:
         final_lr: float = 0.0,
         tau_base: float = 0.996,
         tau_final: float = 1.0,
+        momentum: bool = True,
         accumulate: int = 1,
         ema_bn_stats: bool = False,
         on_nonfinite: str = "raise",
@@ -91,12 +106,16 @@ class BYOL:
         preset: Optional[str] = None,
         steps_per_epoch: Optional[int] = None,
         augment: Optional[Augment] = None,
+        distributed: Optional[bool] = None,
+        sync_bn: Optional[bool] = None,
+        process_group: Any = None,
     ) -> None:
         config = {k: _check_type(k, v) for k, v in locals().items() if k in _TYPES}
         if augment is not None and not isinstance(augment, Augment):
             raise ByolTypeError(f"augment: expected byol_rs.Augment or None, got {type(augment).__name__}")
         config["augment"] = augment.config if augment is not None else None
-        self._engine = _core.Learner(json.dumps(config))
+        group = group_spec(distributed, sync_bn, process_group)
+        self._engine = _core.Learner(json.dumps(config), group)
         self._layout = augment.layout if augment is not None else "auto"
 
     @classmethod
@@ -175,14 +194,42 @@ class BYOL:
     def skipped_steps(self) -> int:
         return self._engine.skipped_steps
 
+    @property
+    def rank(self) -> int:
+        """This process's rank in the data-parallel run (0 when not distributed)."""
+        return self._engine.rank_world[0]
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks in the data-parallel run (1 when not distributed)."""
+        return self._engine.rank_world[1]
+
     def save(self, path: "str | os.PathLike[str]") -> None:
-        """Writes the full training state atomically (safetensors with JSON metadata)."""
-        self._engine.save(os.fspath(path))
+        """Writes the full training state atomically (safetensors with JSON metadata).
+
+        In a data-parallel run only rank 0 writes (every rank holds the same state)."""
+        if self.rank == 0:
+            self._engine.save(os.fspath(path))
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]", device: Optional[str] = None) -> "BYOL":
-        """Restores a learner saved with :meth:`save`, optionally onto another device."""
-        return cls._wrap(_core.Learner.load(os.fspath(path), device))
+    def load(
+        cls,
+        path: "str | os.PathLike[str]",
+        device: Optional[str] = None,
+        *,
+        distributed: Optional[bool] = None,
+        sync_bn: Optional[bool] = None,
+        process_group: Any = None,
+        layout: str = "auto",
+    ) -> "BYOL":
+        """Restores a learner saved with :meth:`save`, optionally onto another device, and
+        into a data-parallel run of any world size (as for the constructor)."""
+        if layout not in ("auto", "NCHW", "NHWC"):
+            raise ByolValueError(f"layout: expected 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+        group = group_spec(distributed, sync_bn, process_group)
+        self = cls._wrap(_core.Learner.load(os.fspath(path), device, group))
+        self._layout = layout
+        return self
 
     def __repr__(self) -> str:
         c = self.config

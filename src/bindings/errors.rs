@@ -10,6 +10,7 @@ fn class_name(err: &Error) -> &'static str {
         Error::Type { .. } => "ByolTypeError",
         Error::NonFiniteLoss { .. } => "NonFiniteLossError",
         Error::Checkpoint { .. } | Error::Io(_) => "CheckpointError",
+        Error::Distributed(_) => "DistributedError",
     }
 }
 

@@ -7,8 +7,43 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use crate::distributed::{Collective, Dist};
+use std::sync::{Arc, Mutex};
 use tch::Tensor;
+
+/// A torch.distributed process group as Python hands it over.
+#[derive(FromPyObject)]
+pub struct GroupSpec(PyObject, i64, i64, bool);
+
+impl GroupSpec {
+    fn into_dist(self) -> Dist {
+        let GroupSpec(all_reduce_sum, rank, world_size, sync_bn) = self;
+        Dist::new(Arc::new(PyCollective { all_reduce_sum, rank, world_size }), sync_bn)
+    }
+}
+
+/// Collectives through `torch.distributed`: a Python callable that sums a tensor in place.
+struct PyCollective {
+    all_reduce_sum: PyObject,
+    rank: i64,
+    world_size: i64,
+}
+
+impl Collective for PyCollective {
+    fn rank(&self) -> i64 {
+        self.rank
+    }
+
+    fn world_size(&self) -> i64 {
+        self.world_size
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<(), String> {
+        Python::with_gil(|py| {
+            self.all_reduce_sum.call1(py, (PyTensor(t.shallow_clone()),)).map(drop).map_err(|e| e.to_string())
+        })
+    }
+}
 
 #[pyclass(name = "Learner", module = "byol_rs._core")]
 pub struct PyLearner(Mutex<Learner>);
@@ -47,10 +82,13 @@ impl PyLearner {
 
 #[pymethods]
 impl PyLearner {
-    /// Builds a learner from a JSON config (see `byol_rs.BYOL` for the fields).
+    /// Builds a learner from a JSON config (see `byol_rs.BYOL` for the fields). `group`, when
+    /// given, is `(all_reduce_sum, rank, world_size, sync_bn)` for a data-parallel run.
     #[new]
-    fn new(py: Python<'_>, config_json: String) -> PyResult<Self> {
-        let learner = run(py, move || Learner::new(LearnerConfig::from_json(&config_json)?))?;
+    #[pyo3(signature = (config_json, group=None))]
+    fn new(py: Python<'_>, config_json: String, group: Option<GroupSpec>) -> PyResult<Self> {
+        let dist = group.map(GroupSpec::into_dist);
+        let learner = run(py, move || Learner::with_dist(LearnerConfig::from_json(&config_json)?, dist))?;
         Ok(Self(Mutex::new(learner)))
     }
 
@@ -105,6 +143,12 @@ impl PyLearner {
         self.with(|l| l.config.to_json())
     }
 
+    /// `(rank, world_size)`; `(0, 1)` outside a data-parallel run.
+    #[getter]
+    fn rank_world(&self) -> (i64, i64) {
+        self.with(|l| l.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size())))
+    }
+
     #[getter]
     fn step_count(&self) -> i64 {
         self.with(|l| l.step)
@@ -120,9 +164,10 @@ impl PyLearner {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, device=None))]
-    fn load(py: Python<'_>, path: PathBuf, device: Option<String>) -> PyResult<Self> {
-        let learner = run(py, move || checkpoint::load(&path, device.as_deref()))?;
+    #[pyo3(signature = (path, device=None, group=None))]
+    fn load(py: Python<'_>, path: PathBuf, device: Option<String>, group: Option<GroupSpec>) -> PyResult<Self> {
+        let dist = group.map(GroupSpec::into_dist);
+        let learner = run(py, move || checkpoint::load(&path, device.as_deref(), dist))?;
         Ok(Self(Mutex::new(learner)))
     }
 }

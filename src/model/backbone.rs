@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init, ModuleT};
 use tch::Tensor;
+use super::norm::{norm, Norm, SyncHandle};
 
 /// Which encoder, and how its stem is shaped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,39 +52,39 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
-fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, Default::default())
+fn bn(p: nn::Path, c: i64, sync: Option<&SyncHandle>) -> Norm {
+    norm(p, c, 2, sync)
 }
 
 /// A residual block: `relu(body(x) + shortcut(x))`.
 #[derive(Debug)]
 pub struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: Vec<(nn::Conv2D, Norm)>,
+    downsample: Option<(nn::Conv2D, Norm)>,
 }
 
 impl Block {
-    fn basic(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+    fn basic(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, sync: Option<&SyncHandle>) -> Self {
         let convs = vec![
-            (conv(p / "conv1", c_in, c_out, 3, stride, 1), bn(p / "bn1", c_out)),
-            (conv(p / "conv2", c_out, c_out, 3, 1, 1), bn(p / "bn2", c_out)),
+            (conv(p / "conv1", c_in, c_out, 3, stride, 1), bn(p / "bn1", c_out, sync)),
+            (conv(p / "conv2", c_out, c_out, 3, 1, 1), bn(p / "bn2", c_out, sync)),
         ];
-        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride) }
+        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride, sync) }
     }
 
-    fn bottleneck(p: &nn::Path, c_in: i64, width: i64, stride: i64) -> Self {
+    fn bottleneck(p: &nn::Path, c_in: i64, width: i64, stride: i64, sync: Option<&SyncHandle>) -> Self {
         let c_out = width * 4;
         let convs = vec![
-            (conv(p / "conv1", c_in, width, 1, 1, 0), bn(p / "bn1", width)),
-            (conv(p / "conv2", width, width, 3, stride, 1), bn(p / "bn2", width)),
-            (conv(p / "conv3", width, c_out, 1, 1, 0), bn(p / "bn3", c_out)),
+            (conv(p / "conv1", c_in, width, 1, 1, 0), bn(p / "bn1", width, sync)),
+            (conv(p / "conv2", width, width, 3, stride, 1), bn(p / "bn2", width, sync)),
+            (conv(p / "conv3", width, c_out, 1, 1, 0), bn(p / "bn3", c_out, sync)),
         ];
-        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride) }
+        Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride, sync) }
     }
 
-    fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<(nn::Conv2D, nn::BatchNorm)> {
+    fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, sync: Option<&SyncHandle>) -> Option<(nn::Conv2D, Norm)> {
         (stride != 1 || c_in != c_out)
-            .then(|| (conv(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out)))
+            .then(|| (conv(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out, sync)))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -106,13 +107,13 @@ impl Block {
 /// The feature extractor: ResNet or the compact ConvNet.
 #[derive(Debug)]
 pub enum Backbone {
-    ResNet { stem: (nn::Conv2D, nn::BatchNorm), max_pool: bool, blocks: Vec<Block> },
+    ResNet { stem: (nn::Conv2D, Norm), max_pool: bool, blocks: Vec<Block> },
     /// Four conv3x3-BN-ReLU blocks of 32-64-128-256 channels, 2x2 max-pool after the first three.
-    ConvNet { blocks: Vec<(nn::Conv2D, nn::BatchNorm)> },
+    ConvNet { blocks: Vec<(nn::Conv2D, Norm)> },
 }
 
 /// Builds the backbone under `p` with torchvision's parameter names.
-pub fn backbone(p: &nn::Path, cfg: &BackboneConfig) -> Result<Backbone> {
+pub fn backbone(p: &nn::Path, cfg: &BackboneConfig, sync: Option<&SyncHandle>) -> Result<Backbone> {
     if cfg.in_channels < 1 {
         return Err(value_error("in_channels", format!("must be >= 1, got {}", cfg.in_channels)));
     }
@@ -120,13 +121,13 @@ pub fn backbone(p: &nn::Path, cfg: &BackboneConfig) -> Result<Backbone> {
         "resnet18" => (&[2, 2, 2, 2], false),
         "resnet34" => (&[3, 4, 6, 3], false),
         "resnet50" => (&[3, 4, 6, 3], true),
-        "convnet" => return Ok(convnet(p, cfg.in_channels)),
+        "convnet" => return Ok(convnet(p, cfg.in_channels, sync)),
         _ => return Err(cfg.feature_dim().unwrap_err()),
     };
     let stem = if cfg.small_image {
-        (conv(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64))
+        (conv(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64, sync))
     } else {
-        (conv(p / "conv1", cfg.in_channels, 64, 7, 2, 3), bn(p / "bn1", 64))
+        (conv(p / "conv1", cfg.in_channels, 64, 7, 2, 3), bn(p / "bn1", 64, sync))
     };
     let mut blocks = vec![];
     let mut c_in = 64;
@@ -136,10 +137,10 @@ pub fn backbone(p: &nn::Path, cfg: &BackboneConfig) -> Result<Backbone> {
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
             let bp = p / format!("layer{}", stage + 1) / i;
             if bottleneck {
-                blocks.push(Block::bottleneck(&bp, c_in, width, stride));
+                blocks.push(Block::bottleneck(&bp, c_in, width, stride, sync));
                 c_in = width * 4;
             } else {
-                blocks.push(Block::basic(&bp, c_in, width, stride));
+                blocks.push(Block::basic(&bp, c_in, width, stride, sync));
                 c_in = width;
             }
         }
@@ -147,14 +148,14 @@ pub fn backbone(p: &nn::Path, cfg: &BackboneConfig) -> Result<Backbone> {
     Ok(Backbone::ResNet { stem, max_pool: !cfg.small_image, blocks })
 }
 
-fn convnet(p: &nn::Path, in_channels: i64) -> Backbone {
+fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbone {
     let mut c_in = in_channels;
     let blocks = [32, 64, 128, 256]
         .iter()
         .enumerate()
         .map(|(i, &c)| {
             let bp = p / "layers" / i;
-            let block = (conv(&bp / "conv", c_in, c, 3, 1, 1), bn(&bp / "bn", c));
+            let block = (conv(&bp / "conv", c_in, c, 3, 1, 1), bn(&bp / "bn", c, sync));
             c_in = c;
             block
         })

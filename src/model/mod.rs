@@ -2,4 +2,5 @@
 pub mod backbone;
 pub mod flat;
 pub mod heads;
+pub mod norm;
 pub mod network;

@@ -1,6 +1,7 @@
 //! One BYOL branch: encoder f, projector g and (online only) predictor q (paper section 3.1).
 use super::backbone::{backbone, Backbone, BackboneConfig};
 use super::heads::{mlp, Mlp};
+use super::norm::SyncHandle;
 use crate::error::{value_error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -47,14 +48,14 @@ pub struct Network {
 /// target's (backbone, projector) then form a prefix of the online's.
 pub const MODULE_ORDER: [&str; 3] = ["backbone", "projector", "predictor"];
 
-pub fn network(p: &nn::Path, cfg: &NetworkConfig, with_predictor: bool) -> Result<Network> {
+pub fn network(p: &nn::Path, cfg: &NetworkConfig, with_predictor: bool, sync: Option<&SyncHandle>) -> Result<Network> {
     cfg.validate()?;
     let feat = cfg.backbone.feature_dim()?;
     Ok(Network {
-        backbone: backbone(&(p / "backbone"), &cfg.backbone)?,
-        projector: mlp(&(p / "projector"), feat, cfg.projector_hidden, cfg.projection_dim),
+        backbone: backbone(&(p / "backbone"), &cfg.backbone, sync)?,
+        projector: mlp(&(p / "projector"), feat, cfg.projector_hidden, cfg.projection_dim, sync),
         predictor: with_predictor
-            .then(|| mlp(&(p / "predictor"), cfg.projection_dim, cfg.predictor_hidden, cfg.projection_dim)),
+            .then(|| mlp(&(p / "predictor"), cfg.projection_dim, cfg.predictor_hidden, cfg.projection_dim, sync)),
     })
 }
 

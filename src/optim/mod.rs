@@ -44,7 +44,7 @@ pub fn build(cfg: &OptimConfig, params: &FlatTensors) -> Result<Box<dyn Optimize
         return Err(value_error("weight_decay", format!("must be >= 0, got {}", cfg.weight_decay)));
     }
     if !(0.0..1.0).contains(&cfg.momentum) {
-        return Err(value_error("momentum", format!("must lie in [0, 1), got {}", cfg.momentum)));
+        return Err(value_error("optimizer_momentum", format!("must lie in [0, 1), got {}", cfg.momentum)));
     }
     match cfg.name.as_str() {
         "lars" => {

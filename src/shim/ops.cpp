@@ -2,7 +2,9 @@
 // them as a heap string (null on success), so that no exception crosses into Rust.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 namespace {
@@ -14,9 +16,48 @@ std::vector<at::Tensor> collect(at::Tensor **tensors, size_t n) {
   for (size_t i = 0; i < n; ++i) out.push_back(*tensors[i]);
   return out;
 }
+// Rust's callback: applies a collective to `t` in place (taking ownership of the handle);
+// nonzero means failure, with a message in `err`.
+typedef int (*tensor_callback)(const void *state, at::Tensor *t, char *err, size_t err_len);
+
+void invoke(int64_t callback, int64_t state, const at::Tensor &t) {
+  char err[1024] = {0};
+  auto fn = reinterpret_cast<tensor_callback>(callback);
+  if (fn(reinterpret_cast<const void *>(state), new at::Tensor(t), err, sizeof err) != 0)
+    throw std::runtime_error(err);
+}
+
+// y = all_reduce_sum(x); dx = all_reduce_sum(dy). SyncBN's statistics go through this.
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x,
+                            int64_t callback, int64_t state) {
+    ctx->saved_data["callback"] = callback;
+    ctx->saved_data["state"] = state;
+    auto y = x.contiguous().clone();
+    invoke(callback, state, y);
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto g = grads[0].contiguous().clone();
+    invoke(ctx->saved_data["callback"].toInt(), ctx->saved_data["state"].toInt(), g);
+    return {g, at::Tensor(), at::Tensor()};
+  }
+};
 }  // namespace
 
 extern "C" {
+
+char *byol_all_reduce_autograd(at::Tensor *x, tensor_callback callback, const void *state,
+                               at::Tensor **out) {
+  try {
+    *out = new at::Tensor(AllReduceSum::apply(*x, reinterpret_cast<int64_t>(callback),
+                                              reinterpret_cast<int64_t>(state)));
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
 
 void byol_free_error(char *err) { free(err); }
 

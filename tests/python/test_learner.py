@@ -66,14 +66,14 @@ def test_accumulate_updates_only_on_the_nth_call():
 
 def test_accumulated_gradient_is_the_mean_of_the_micro_batches():
     # SGD without momentum history and lr fixed: the update equals lr * mean gradient.
-    a = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, momentum=0.0, weight_decay=0.0, channels_last=False)
-    b = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, momentum=0.0, weight_decay=0.0, channels_last=False, accumulate=2)
+    a = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, optimizer_momentum=0.0, weight_decay=0.0, channels_last=False)
+    b = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, optimizer_momentum=0.0, weight_decay=0.0, channels_last=False, accumulate=2)
     w0 = a.named_parameters()["projector.3.weight"].clone()
     v = [views(seed=s) for s in range(2)]
     # Reference: the two single-batch updates' average, computed with two fresh learners.
     deltas = []
     for s in range(2):
-        c = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, momentum=0.0, weight_decay=0.0, channels_last=False)
+        c = small(optimizer="sgd", lr=0.1, batch_size=256, total_steps=1, optimizer_momentum=0.0, weight_decay=0.0, channels_last=False)
         c.step(*v[s])
         deltas.append(c.named_parameters()["projector.3.weight"] - w0)
     b.step(*v[0])

@@ -1,0 +1,112 @@
+"""One rank of the data-parallel tests (tests/python/test_distributed.py), run under torchrun
+with Gloo. Each case writes what the test checks to ``OUT/<case>.rank<r>.pt``.
+
+    torchrun --standalone --nproc-per-node 2 tests/python/ddp_worker.py CASE OUT
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import byol_rs
+from byol_rs.errors import ByolValueError, DistributedError
+
+SMALL = dict(in_channels=1, projector_hidden=64, predictor_hidden=64, projection_dim=32, total_steps=10, warmup_steps=2)
+BATCH, STEPS = 16, 3
+
+
+def views(step: int) -> tuple:
+    """The global batch of a step, identical on every rank and in the single-process run."""
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(BATCH, 1, 28, 28, generator=g), torch.randn(BATCH, 1, 28, 28, generator=g)
+
+
+def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    n = x.shape[0] // world
+    return x[rank * n : (rank + 1) * n]
+
+
+def state(learner: byol_rs.BYOL) -> dict:
+    out = {}
+    for prefix, d in [
+        ("online.", learner.named_parameters()),
+        ("online.", learner.named_buffers()),
+        ("target.", learner.target_named_parameters()),
+        ("target.", learner.target_named_buffers()),
+        ("optim.", learner.optimizer_state()),
+    ]:
+        out.update({prefix + k: v.detach().clone() for k, v in d.items()})
+    return out
+
+
+def parity(rank: int, world: int, out: Path) -> None:
+    result = {}
+    for name, kwargs in [("lars", {}), ("sgd", dict(optimizer="sgd", lr=0.5)), ("no_sync_bn", dict(sync_bn=False))]:
+        learner = byol_rs.BYOL("convnet", **SMALL, **kwargs)
+        losses = []
+        for step in range(STEPS):
+            v1, v2 = views(step)
+            losses.append(learner.step(shard(v1, rank, world), shard(v2, rank, world))["loss"])
+        result[name] = {"losses": losses, "state": state(learner)}
+    torch.save(result, out / f"parity.rank{rank}.pt")
+
+
+def bad_input(rank: int, world: int, out: Path) -> None:
+    learner = byol_rs.BYOL("convnet", **SMALL)
+    v1, v2 = views(0)
+    learner.step(shard(v1, rank, world), shard(v2, rank, world))
+    before = state(learner)
+    v1, v2 = views(1)
+    v1, v2 = shard(v1, rank, world).clone(), shard(v2, rank, world)
+    if rank == 1:
+        v1[0, 0, 0, 0] = float("nan")
+    raised = None
+    try:
+        learner.step(v1, v2)
+    except (ByolValueError, DistributedError) as e:
+        raised = (type(e).__name__, str(e))
+    unchanged = all(torch.equal(before[k], v) for k, v in state(learner).items())
+    # The ranks are still in step: a good call afterwards works everywhere.
+    v1, v2 = views(2)
+    learner.step(shard(v1, rank, world), shard(v2, rank, world))
+    torch.save({"raised": raised, "unchanged": unchanged, "step": learner.step_count, "state": state(learner)}, out / f"bad_input.rank{rank}.pt")
+
+
+def config_mismatch(rank: int, world: int, out: Path) -> None:
+    raised = None
+    try:
+        byol_rs.BYOL("convnet", **{**SMALL, "projection_dim": 32 + rank})
+    except DistributedError as e:
+        raised = str(e)
+    torch.save({"raised": raised}, out / f"config_mismatch.rank{rank}.pt")
+
+
+def resume(rank: int, world: int, out: Path) -> None:
+    """Saves a checkpoint at this world size, and loads the one a single process saved."""
+    aug = byol_rs.Augment.small_image(28, mean=(0.5,), std=(0.25,))
+    learner = byol_rs.BYOL("convnet", **SMALL, augment=aug)
+    images = torch.randint(0, 256, (BATCH, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    learner.step(shard(images, rank, world))
+    learner.save(out / "ddp.ckpt")
+    dist.barrier()
+    loaded = byol_rs.BYOL.load(out / "single.ckpt")
+    metrics = loaded.step(shard(images, rank, world))
+    torch.save({"loaded_world": loaded.world_size, "metrics": metrics, "state": state(loaded)}, out / f"resume.rank{rank}.pt")
+
+
+def main() -> None:
+    case, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        {"parity": parity, "bad_input": bad_input, "config_mismatch": config_mismatch, "resume": resume}[case](rank, world, out)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

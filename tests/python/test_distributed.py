@@ -1,0 +1,130 @@
+"""Data parallel over torch.distributed: 2 Gloo ranks under torchrun against 1 process.
+
+Every case runs tests/python/ddp_worker.py under ``torchrun --nproc-per-node 2`` with a timeout,
+so a hang fails the test instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import byol_rs
+from byol_rs.errors import ByolValueError
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import ddp_worker  # noqa: E402
+from reference_byol import ZERO_GRAD  # noqa: E402
+
+RTOL = 1e-5  # issue 7: 2 ranks at B/2 vs 1 process at B, after 3 steps, fp32
+
+
+def torchrun(case: str, out: Path, timeout: float = 180) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "ddp_worker.py"), case, str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def rank_results(out: Path, case: str) -> list:
+    return [torch.load(out / f"{case}.rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def single_process(kwargs: dict) -> dict:
+    learner = byol_rs.BYOL("convnet", **ddp_worker.SMALL, **{k: v for k, v in kwargs.items() if k != "sync_bn"})
+    losses = [learner.step(*ddp_worker.views(s))["loss"] for s in range(ddp_worker.STEPS)]
+    return {"losses": losses, "state": ddp_worker.state(learner)}
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    """Largest |a - b| relative to b's largest entry, over all tensors but the optimizer state
+    of ZERO_GRAD biases, which is rounding noise and must lie within an absolute 1e-6."""
+    assert a.keys() == b.keys()
+    noise = [k for k in a if k.startswith("optim.") and k.rsplit(".", 1)[0][len("optim."):] in ZERO_GRAD]
+    assert all((a[k] - b[k]).abs().max() <= 1e-6 for k in noise)
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a if k not in noise)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    out = tmp_path_factory.mktemp("parity")
+    torchrun("parity", out)
+    return rank_results(out, "parity")
+
+
+@pytest.mark.parametrize("name,kwargs", [("lars", {}), ("sgd", dict(optimizer="sgd", lr=0.5))])
+def test_two_ranks_with_sync_bn_match_one_process_at_the_full_batch(parity, name, kwargs):
+    ref = single_process(kwargs)
+    got = parity[0][name]
+    # Every weight, target weight, BN statistic and optimizer buffer within 1e-5 relative
+    # (to the tensor's largest entry), and the reported loss (the mean over ranks).
+    assert max_rel_diff(got["state"], ref["state"]) < RTOL
+    assert got["losses"] == pytest.approx(ref["losses"], rel=RTOL)
+
+
+def test_parameters_are_bit_identical_across_ranks(parity):
+    for name in ("lars", "sgd", "no_sync_bn"):
+        a, b = parity[0][name], parity[1][name]
+        # Without SyncBN each rank's BN running statistics follow its own shard; all else agrees.
+        local = ("running_mean", "running_var") if name == "no_sync_bn" else ()
+        keys = [k for k in a["state"] if not k.endswith(local)]
+        assert len(keys) > 30
+        assert all(torch.equal(a["state"][k], b["state"][k]) for k in keys), name
+        assert a["losses"] == b["losses"]
+
+
+def test_without_sync_bn_the_ranks_normalise_locally(parity):
+    # The control that shows the parity test can fail: per-rank BN statistics give other weights.
+    ref = single_process({})
+    assert max_rel_diff(parity[0]["no_sync_bn"]["state"], ref["state"]) > 100 * RTOL
+
+
+def test_one_rank_rejecting_its_input_fails_every_rank_and_changes_nothing(tmp_path):
+    torchrun("bad_input", tmp_path)
+    r0, r1 = rank_results(tmp_path, "bad_input")
+    assert r1["raised"][0] == "ByolValueError" and "view1" in r1["raised"][1] and "NaN" in r1["raised"][1]
+    assert r0["raised"][0] == "DistributedError" and "rejected their input" in r0["raised"][1]
+    assert r0["unchanged"] and r1["unchanged"]
+    # Both went on with the next step in lockstep.
+    assert r0["step"] == r1["step"] == 2
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+
+
+def test_mismatched_configs_raise_on_every_rank(tmp_path):
+    torchrun("config_mismatch", tmp_path)
+    for r in rank_results(tmp_path, "config_mismatch"):
+        assert r["raised"] is not None and "differs between ranks" in r["raised"]
+
+
+def test_checkpoints_move_between_world_sizes(tmp_path):
+    aug = byol_rs.Augment.small_image(28, mean=(0.5,), std=(0.25,))
+    single = byol_rs.BYOL("convnet", **ddp_worker.SMALL, augment=aug)
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    single.step(images)
+    single.save(tmp_path / "single.ckpt")
+    saved = ddp_worker.state(single)
+    torchrun("resume", tmp_path)
+    r0, r1 = rank_results(tmp_path, "resume")
+    # The single-process checkpoint resumed on 2 ranks: they stay identical, and one more step
+    # moved them off the saved state.
+    assert r0["loaded_world"] == 2 and r0["metrics"]["step"] == 2
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    assert max_rel_diff(r0["state"], saved) > 0
+    # Rank 0's checkpoint of the 2-rank run loads in one process, and steps.
+    ddp = byol_rs.BYOL.load(tmp_path / "ddp.ckpt")
+    assert ddp.world_size == 1 and ddp.step_count == 1
+    assert ddp.step(images)["step"] == 2
+
+
+def test_distributed_true_without_a_process_group_is_a_clear_error():
+    with pytest.raises(ByolValueError, match="distributed=True: torch.distributed has no initialised process group"):
+        byol_rs.BYOL("convnet", **ddp_worker.SMALL, distributed=True)
+    with pytest.raises(TypeError, match="sync_bn: expected bool"):
+        byol_rs.BYOL("convnet", **ddp_worker.SMALL, sync_bn="yes")
