@@ -25,11 +25,13 @@ from .errors import (  # noqa: E402
     ByolTypeError,
     ByolValueError,
     CheckpointError,
+    DistributedError,
     NonFiniteLossError,
 )
 from .augment import Augment  # noqa: E402
 from .learner import BYOL  # noqa: E402
 from . import functional  # noqa: E402
+from . import nn  # noqa: E402
 from .kernels import (  # noqa: E402
     byol_loss,
     cosine_tau,
@@ -47,11 +49,13 @@ __all__ = [
     "ByolTypeError",
     "ByolValueError",
     "CheckpointError",
+    "DistributedError",
     "NonFiniteLossError",
     "byol_loss",
     "cosine_tau",
     "ema_update_",
     "functional",
+    "nn",
     "symmetric_byol_loss",
     "warmup_cosine_lr",
 ]

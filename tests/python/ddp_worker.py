@@ -98,12 +98,35 @@ def resume(rank: int, world: int, out: Path) -> None:
     torch.save({"loaded_world": loaded.world_size, "metrics": metrics, "state": state(loaded)}, out / f"resume.rank{rank}.pt")
 
 
+def nn_ddp(rank: int, world: int, out: Path) -> None:
+    """byol_rs.nn.BYOL inside DistributedDataParallel with torch.optim, as a user would."""
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(rank)  # different inits on purpose: DDP broadcasts rank 0's
+    backbone = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = byol_rs.nn.BYOL(backbone, projector_hidden=32, projection_dim=16, predictor_hidden=32, input_shape=(1, 28, 28))
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(STEPS):
+        v1, v2 = views(step)
+        loss = ddp(shard(v1, rank, world), shard(v2, rank, world))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target()
+        losses.append(loss.item())
+    torch.save({"losses": losses, "state": {k: v.clone() for k, v in model.state_dict().items()}}, out / f"nn_ddp.rank{rank}.pt")
+
+
 def main() -> None:
     case, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        {"parity": parity, "bad_input": bad_input, "config_mismatch": config_mismatch, "resume": resume}[case](rank, world, out)
+        {"parity": parity, "bad_input": bad_input, "config_mismatch": config_mismatch, "resume": resume,
+         "nn_ddp": nn_ddp}[case](rank, world, out)
     finally:
         dist.destroy_process_group()
 

@@ -202,6 +202,7 @@ class ReferenceBYOL(nn.Module):
         tau_base=0.996,
         tau_final=1.0,
         ema_bn_stats=False,
+        simsiam=False,
     ):
         super().__init__()
         if optimizer not in ("lars", "sgd", "adamw"):
@@ -229,6 +230,9 @@ class ReferenceBYOL(nn.Module):
         self.tau_base = tau_base
         self.tau_final = tau_final
         self.ema_bn_stats = ema_bn_stats
+        # SimSiam (Chen & He 2020, algorithm 1): the target is the online projection of the
+        # other view, detached; the EMA copy is not used.
+        self.simsiam = simsiam
         self.step_count = 0
 
         self._excluded = self._find_excluded()
@@ -333,13 +337,17 @@ class ReferenceBYOL(nn.Module):
 
         # Each view gets its own forward pass, so BatchNorm batch statistics
         # (and running-stat updates) are per view, as in the official code.
-        p1 = self.predictor(self.projector(self.backbone(view1)))
-        p2 = self.predictor(self.projector(self.backbone(view2)))
-        with torch.no_grad():
-            # Target also runs in train mode: batch statistics, and its own
-            # running statistics get updated.
-            zt1 = self.target_projector(self.target_backbone(view1))
-            zt2 = self.target_projector(self.target_backbone(view2))
+        z1 = self.projector(self.backbone(view1))
+        z2 = self.projector(self.backbone(view2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        if self.simsiam:
+            zt1, zt2 = z1.detach(), z2.detach()
+        else:
+            with torch.no_grad():
+                # Target also runs in train mode: batch statistics, and its own
+                # running statistics get updated.
+                zt1 = self.target_projector(self.target_backbone(view1))
+                zt2 = self.target_projector(self.target_backbone(view2))
 
         loss = regression_loss(p1, zt2) + regression_loss(p2, zt1)
         for _, p in self.online_named_parameters():
@@ -349,7 +357,8 @@ class ReferenceBYOL(nn.Module):
 
         with torch.no_grad():
             self._apply_update(lr, k + 1)
-            self._ema_update(tau)
+            if not self.simsiam:
+                self._ema_update(tau)
 
         self.step_count = k + 1
         return {"loss": loss_value, "lr": lr, "tau": tau}

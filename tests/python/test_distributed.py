@@ -128,3 +128,14 @@ def test_distributed_true_without_a_process_group_is_a_clear_error():
         byol_rs.BYOL("convnet", **ddp_worker.SMALL, distributed=True)
     with pytest.raises(TypeError, match="sync_bn: expected bool"):
         byol_rs.BYOL("convnet", **ddp_worker.SMALL, sync_bn="yes")
+
+
+def test_nn_byol_under_distributed_data_parallel_keeps_ranks_identical(tmp_path):
+    torchrun("nn_ddp", tmp_path)
+    r0, r1 = rank_results(tmp_path, "nn_ddp")
+    # DDP averages the online gradients; the Rust EMA then moves both targets alike. BN running
+    # statistics are per rank (DDP broadcasts rank 0's buffers at the next forward).
+    keys = [k for k in r0["state"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert any(k.startswith("target_backbone.") for k in keys) and len(keys) > 10
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in keys)
+    assert r0["losses"] != r1["losses"]  # each rank's loss is over its own shard

@@ -119,3 +119,36 @@ def test_ema_of_bn_statistics_matches_reference():
         ours.step(v1, v2)
         ref.step(v1, v2)
     compare(ours, ref)
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_simsiam_mode_matches_reference(optimizer):
+    # momentum=False: the target is the detached online projection; no EMA, no target copy.
+    torch.manual_seed(3)
+    c = CASES["convnet"]
+    lr = {"lars": 0.2, "sgd": 0.05}[optimizer]
+    kw = dict(in_channels=1, total_steps=8, warmup_steps=2)
+    ours = byol_rs.BYOL("convnet", optimizer=optimizer, lr=lr, batch_size=16, projector_hidden=64, projection_dim=32,
+                        predictor_hidden=64, momentum=False, **kw)
+    ref = ReferenceBYOL("convnet", proj_hidden=64, proj_out=32, pred_hidden=64, optimizer=optimizer, base_lr=lr,
+                        batch_size=16, simsiam=True, **kw)
+    with torch.no_grad():
+        for name, t in dict(ref.online_named_parameters()).items():
+            t.copy_(ours.named_parameters()[name])
+    assert ours.target_named_parameters() == {} and ours.target_named_buffers() == {}
+    for k in range(5):
+        v1, v2 = torch.randn(c["batch"], 1, 28, 28), torch.randn(c["batch"], 1, 28, 28)
+        got, want = ours.step(v1, v2), ref.step(v1, v2)
+        assert abs(got["loss"] - want["loss"]) <= RTOL * abs(want["loss"]), (k, got, want)
+        assert got["tau"] == 0.0
+    for name, t in dict(ref.online_named_parameters()).items():
+        assert_close(f"online {name}", ours.named_parameters()[name], t.detach())
+    for name, t in dict(ref.online_named_buffers()).items():
+        assert_close(f"online buffer {name}", ours.named_buffers()[name], t)
+    ref_state = ref.optimizer_state()
+    for key, t in ours.optimizer_state().items():
+        param = key.rsplit(".", 1)[0]
+        if param in ZERO_GRAD:
+            assert (t - ref_state[param]).abs().max() <= 1e-6, key
+        else:
+            assert_close(f"optimizer {key}", t, ref_state[param])
