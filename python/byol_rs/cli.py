@@ -60,16 +60,24 @@ def _train(args: argparse.Namespace) -> int:
     except (TrainError, DatasetError, ByolError) as e:
         _fail(f"byol-rs train: error: {e}")
     install_sigterm_as_interrupt()
+    lead = trainer.rank == 0
     budget = f"{cfg.epochs} epochs" if cfg.epochs is not None else f"{cfg.minutes} minutes"
-    print(f"byol-rs: {trainer.data.name} ({len(trainer.data.train_images)} train / {len(trainer.data.test_images)} test), "
-          f"{cfg.backbone}, batch {cfg.batch_size}, {trainer.total_steps} steps ({budget}) -> {cfg.out}")
+    ranks = f" on {trainer.world} ranks" if trainer.world > 1 else ""
+    if lead:
+        print(f"byol-rs: {trainer.data.name} ({len(trainer.data.train_images)} train / {len(trainer.data.test_images)} test), "
+              f"{cfg.backbone}, batch {cfg.batch_size}{ranks}, {trainer.total_steps} steps ({budget}) -> {cfg.out}")
     try:
         trainer.train()
     except KeyboardInterrupt:
-        print(f"\ninterrupted: checkpoint saved at step {trainer.learner.step_count}; continue with --resume --out {cfg.out}")
+        if lead:
+            print(f"\ninterrupted: checkpoint saved at step {trainer.learner.step_count}; continue with --resume --out {cfg.out}")
         return 130
+    if not lead:
+        trainer.close()
+        return 0
     print("final evaluation (full test set, trained vs random init) ...")
     report = trainer.report()
+    trainer.close()
     t, r = report["trained"], report["random_init"]
     print(f"kNN    {t['knn']:.4f}  (random init {r['knn']:.4f}, {t['knn'] - r['knn']:+.4f})")
     print(f"linear {t['linear']:.4f}  (random init {r['linear']:.4f}, {t['linear'] - r['linear']:+.4f})")

@@ -11,9 +11,9 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -65,13 +65,14 @@ def _augment(cfg: TrainConfig, d: datasets.ImageData) -> Augment:
     return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed)
 
 
-def _learner(cfg: TrainConfig, d: datasets.ImageData, total_steps: int, steps_per_epoch: int) -> BYOL:
+def _learner(cfg: TrainConfig, d: datasets.ImageData, total_steps: int, steps_per_epoch: int,
+             distributed: Optional[bool] = None) -> BYOL:
     kwargs: Dict[str, Any] = dict(
         in_channels=d.channels, small_image=True, projector_hidden=cfg.projector_hidden,
         predictor_hidden=cfg.projector_hidden, projection_dim=cfg.projection_dim,
         optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, tau_base=cfg.tau_base,
         total_steps=total_steps, warmup_steps=int(total_steps * cfg.warmup_fraction),
-        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, d), **cfg.extra)
+        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, d), distributed=distributed, **cfg.extra)
     if cfg.preset:
         kwargs.update(preset=cfg.preset, steps_per_epoch=steps_per_epoch)
     return BYOL(cfg.backbone, **kwargs)
@@ -102,9 +103,32 @@ def evaluate(learner: BYOL, d: datasets.ImageData, *, linear: bool, k: int = 200
     return out
 
 
+def join_torchrun(device: str) -> Tuple[int, int, str]:
+    """Under ``torchrun`` (WORLD_SIZE > 1) joins the process group: Gloo on CPU, NCCL on CUDA
+    with one GPU per local rank. Returns ``(rank, world_size, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 class Trainer:
+    """One run of ``byol-rs train``. Under torchrun every rank runs a Trainer: ``batch_size`` is
+    the global batch, each rank steps on its slice of it, and rank 0 alone evaluates, prints
+    and writes."""
+
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> None:
-        self.cfg = cfg
+        self.rank, self.world, device = join_torchrun(cfg.device)
+        self.cfg = cfg = replace(cfg, device=device)
+        if cfg.batch_size % self.world:
+            raise TrainError(f"--batch-size {cfg.batch_size} does not split evenly over {self.world} ranks")
         self.out = Path(cfg.out)
         self._prepare_out(resume, force)
         self.data = datasets.load(cfg.dataset, cfg.data_dir)
@@ -123,7 +147,7 @@ class Trainer:
     def _prepare_out(self, resume: bool, force: bool) -> None:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write_test"
+            probe = self.out / f".write_test.{self.rank}"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
@@ -139,8 +163,18 @@ class Trainer:
         """Steps for the budget: epochs directly, or minutes times a measured step rate."""
         if self.cfg.epochs is not None:
             return max(1, int(round(self.cfg.epochs * self.steps_per_epoch)))
-        probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch)
-        batch = self.data.train_images[: self.cfg.batch_size]
+        if self.world > 1:
+            # Every rank plans alike: rank 0 times itself and tells the others.
+            import torch.distributed as dist
+
+            plan = [self._time_steps() if self.rank == 0 else 0]
+            dist.broadcast_object_list(plan, src=0)
+            return plan[0]
+        return self._time_steps()
+
+    def _time_steps(self) -> int:
+        probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch, distributed=False)
+        batch = self.data.train_images[: self.cfg.batch_size // self.world]
         probe.step(batch)  # warm-up
         t0 = time.perf_counter()
         for _ in range(3):
@@ -161,7 +195,7 @@ class Trainer:
         except (OSError, ValueError) as e:
             raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
         saved_cfg = state["config"]
-        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes")}
+        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes", "device")}
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
         mine["crop_scale"] = tuple(mine["crop_scale"])
@@ -174,7 +208,9 @@ class Trainer:
         self.learner = BYOL.load(self.out / CHECKPOINT, device=self.cfg.device)
 
     def _save(self) -> None:
-        self.learner.save(self.out / CHECKPOINT)
+        self.learner.save(self.out / CHECKPOINT)  # rank 0 only writes
+        if self.rank != 0:
+            return
         state = {"config": asdict(self.cfg), "total_steps": self.total_steps, "elapsed": self.elapsed, "rows": self.rows}
         tmp = self.out / (STATE + ".tmp")
         tmp.write_text(json.dumps(state))
@@ -186,7 +222,19 @@ class Trainer:
         epoch, i = divmod(step, self.steps_per_epoch)
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(self.data.train_images), generator=g)
-        return perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        batch = perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        per_rank = self.cfg.batch_size // self.world
+        return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def _due(self, eval_due: bool, ckpt_due: bool) -> Tuple[bool, bool]:
+        """Rank 0's clock decides for every rank, so that they checkpoint at the same step."""
+        if self.world == 1:
+            return eval_due, ckpt_due
+        import torch.distributed as dist
+
+        flags = torch.tensor([eval_due, ckpt_due], dtype=torch.int64, device=self.cfg.device)
+        dist.broadcast(flags, src=0)
+        return bool(flags[0]), bool(flags[1])
 
     def train(self) -> Dict[str, Any]:
         """Runs to the end of the budget; Ctrl-C saves a checkpoint and raises KeyboardInterrupt."""
@@ -194,7 +242,7 @@ class Trainer:
 
         cfg, learner = self.cfg, self.learner
         start_step = learner.step_count
-        bar = tqdm(total=self.total_steps, initial=start_step, disable=not cfg.progress,
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not cfg.progress or self.rank != 0,
                    unit="step", dynamic_ncols=True)
         last_eval = last_ckpt = time.perf_counter()
         t_prev = time.perf_counter()
@@ -208,14 +256,18 @@ class Trainer:
                 row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
                        "seconds": round(self.elapsed, 2), "loss": m["loss"], "lr": m["lr"],
                        "tau": m["tau"], "z_std": m["z_std"], "knn": ""}
-                if cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60:
-                    row["knn"] = evaluate(learner, self.data, linear=False, k=cfg.knn_k,
-                                          temperature=cfg.knn_temperature, max_train=10_000,
-                                          max_test=2_000)["knn"]
+                eval_due, ckpt_due = self._due(
+                    cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60,
+                    now - last_ckpt >= cfg.checkpoint_every_minutes * 60)
+                if eval_due:
+                    if self.rank == 0:  # the other ranks wait in their next step's first collective
+                        row["knn"] = evaluate(learner, self.data, linear=False, k=cfg.knn_k,
+                                              temperature=cfg.knn_temperature, max_train=10_000,
+                                              max_test=2_000)["knn"]
+                        bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
                     last_eval = t_prev = time.perf_counter()
-                    bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
                 self.rows.append(row)
-                if now - last_ckpt >= cfg.checkpoint_every_minutes * 60:
+                if ckpt_due:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
                 bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
@@ -229,20 +281,30 @@ class Trainer:
         self._save()
         return {"steps": learner.step_count, "seconds": self.elapsed}
 
+    def close(self) -> None:
+        """Under torchrun: waits until every rank (rank 0 reports last) is done, then leaves
+        the process group, so that no rank tears down its connections under another."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
     def report(self) -> Dict[str, Any]:
         """Final kNN and linear probe on the full test set, trained vs random init; writes
         metrics.csv, report.json and curves.png."""
         cfg = self.cfg
         kw = dict(k=cfg.knn_k, temperature=cfg.knn_temperature)
         trained = evaluate(self.learner, self.data, linear=True, **kw)
-        baseline = evaluate(_learner(cfg, self.data, self.total_steps, self.steps_per_epoch), self.data, linear=True, **kw)
+        baseline = evaluate(_learner(cfg, self.data, self.total_steps, self.steps_per_epoch, distributed=False),
+                            self.data, linear=True, **kw)
         report = {
             "dataset": self.data.name, "backbone": cfg.backbone, "steps": self.learner.step_count,
             "epochs": round(self.learner.step_count / self.steps_per_epoch, 3),
             "train_seconds": round(self.elapsed, 1), "images_per_second": round(self.learner.step_count * cfg.batch_size / max(self.elapsed, 1e-9), 1),
             "trained": trained, "random_init": baseline,
             "gain": {k: trained[k] - baseline[k] for k in ("knn", "linear")},
-            "config": asdict(cfg), "learner_config": self.learner.config,
+            "world_size": self.world, "config": asdict(cfg), "learner_config": self.learner.config,
         }
         with open(self.out / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["step"])

@@ -127,6 +127,7 @@ def main() -> None:
     try:
         {"parity": parity, "bad_input": bad_input, "config_mismatch": config_mismatch, "resume": resume,
          "nn_ddp": nn_ddp}[case](rank, world, out)
+        dist.barrier()  # no rank tears down its connections while another still uses them
     finally:
         dist.destroy_process_group()
 

@@ -139,3 +139,20 @@ def test_nn_byol_under_distributed_data_parallel_keeps_ranks_identical(tmp_path)
     assert any(k.startswith("target_backbone.") for k in keys) and len(keys) > 10
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in keys)
     assert r0["losses"] != r1["losses"]  # each rank's loss is over its own shard
+
+
+def test_torchrun_train_shards_the_global_batch_and_rank_0_writes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "byol_rs",
+           "train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("byol-rs: digits") == 1  # one rank prints
+    assert "batch 64 on 2 ranks" in proc.stdout
+    report = __import__("json").loads((out / "report.json").read_text())
+    # 1438 training digits / global batch 64 = 22 steps, each on 32 images per rank.
+    assert report["world_size"] == 2 and report["steps"] == 22 and report["learner_config"]["batch_size"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "curves.png", "metrics.csv", "report.json", "trainer_state.json"]
+    # The checkpoint of the 2-rank run evaluates in one process.
+    learner = byol_rs.BYOL.load(out / "checkpoint.safetensors")
+    assert learner.step_count == 22 and learner.world_size == 1
