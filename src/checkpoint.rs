@@ -46,6 +46,8 @@ pub fn save(l: &Learner, path: &Path) -> Result<()> {
         "step": l.step.to_string(),
         "micro_step": l.micro_step.to_string(),
         "skipped_steps": l.skipped_steps.to_string(),
+        "loss_scale": l.loss_scale.to_string(),
+        "good_steps": l.good_steps.to_string(),
         "augment_rng": l.augment.as_ref().map(|a| serde_json::to_string(&a.rng).expect("rng serialises")).unwrap_or_default(),
     });
     header.insert("__metadata__".into(), meta);
@@ -143,6 +145,11 @@ pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::
     learner.step = counter("step")?;
     learner.micro_step = counter("micro_step")?;
     learner.skipped_steps = counter("skipped_steps")?;
+    // Absent from checkpoints written before fp16 support: keep the fresh learner's values.
+    if meta.contains_key("loss_scale") {
+        learner.loss_scale = field("loss_scale")?.parse().map_err(|_| err(path, "bad loss_scale"))?;
+        learner.good_steps = counter("good_steps")?;
+    }
     if let Some(aug) = learner.augment.as_mut() {
         aug.rng = serde_json::from_str(field("augment_rng")?).map_err(|e| err(path, format!("bad augment_rng: {e}")))?;
     }

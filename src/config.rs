@@ -45,8 +45,13 @@ pub struct LearnerConfig {
     pub ema_bn_stats: bool,
     /// `raise` or `skip` on a non-finite loss.
     pub on_nonfinite: String,
-    /// `fp32`, `bf16` or `fp16` (the last two on CUDA only).
+    /// `fp32`, `bf16` or `fp16`: the forward runs under autocast in that dtype (weights, optimizer
+    /// state and the loss stay fp32). For `fp16` the loss is scaled dynamically.
     pub precision: String,
+    /// fp16's initial loss scale; halved after a step whose gradients overflow (that step is
+    /// skipped), doubled after `loss_scale_growth_interval` good steps in a row.
+    pub loss_scale: f64,
+    pub loss_scale_growth_interval: i64,
     pub device: String,
     pub seed: i64,
     /// Run convolutions in NHWC memory order on CPU. Off by default: measured no faster here,
@@ -91,6 +96,8 @@ impl Default for LearnerConfig {
             ema_bn_stats: false,
             on_nonfinite: "raise".into(),
             precision: "fp32".into(),
+            loss_scale: 65536.0,
+            loss_scale_growth_interval: 2000,
             device: "cpu".into(),
             seed: 0,
             channels_last: false,
@@ -180,12 +187,14 @@ impl LearnerConfig {
         if !["raise", "skip"].contains(&self.on_nonfinite.as_str()) {
             return Err(value_error("on_nonfinite", format!("expected 'raise' or 'skip', got {:?}", self.on_nonfinite)));
         }
-        match self.precision.as_str() {
-            "fp32" => {}
-            "bf16" | "fp16" => {
-                return Err(value_error("precision", format!("{:?} is not supported by this build yet; use 'fp32'", self.precision)));
-            }
-            other => return Err(value_error("precision", format!("expected 'fp32', 'bf16' or 'fp16', got {other:?}"))),
+        if !["fp32", "bf16", "fp16"].contains(&self.precision.as_str()) {
+            return Err(value_error("precision", format!("expected 'fp32', 'bf16' or 'fp16', got {:?}", self.precision)));
+        }
+        if !(self.loss_scale.is_finite() && self.loss_scale > 0.0) {
+            return Err(value_error("loss_scale", format!("must be finite and > 0, got {}", self.loss_scale)));
+        }
+        if self.loss_scale_growth_interval < 1 {
+            return Err(value_error("loss_scale_growth_interval", format!("must be >= 1, got {}", self.loss_scale_growth_interval)));
         }
         self.device()?;
         self.optim().validate_name()?;
@@ -226,6 +235,15 @@ impl LearnerConfig {
             eta: self.eta,
             betas: self.betas,
             eps: self.adam_eps,
+        }
+    }
+
+    /// The autocast dtype, or `None` for fp32.
+    pub fn autocast_kind(&self) -> Option<tch::Kind> {
+        match self.precision.as_str() {
+            "bf16" => Some(tch::Kind::BFloat16),
+            "fp16" => Some(tch::Kind::Half),
+            _ => None,
         }
     }
 

@@ -171,7 +171,7 @@ mod tests {
             2
         }
         fn all_reduce_sum(&self, t: &Tensor) -> std::result::Result<(), String> {
-            let _ = t.shallow_clone().f_mul_scalar_(2.0).and_then(|t| t.f_add_scalar_(self.offset)).map_err(|e| e.to_string())?;
+            let _ = t.shallow_clone().f_mul_scalar_(2.0).and_then(|mut t| t.f_add_scalar_(self.offset)).map_err(|e| e.to_string())?;
             Ok(())
         }
     }

@@ -63,3 +63,38 @@ pub unsafe fn all_reduce_autograd(x: &Tensor, callback: crate::distributed::Tens
     check(byol_all_reduce_autograd(x.as_ptr(), callback, state, &mut out))?;
     Ok(Tensor::from_ptr(out))
 }
+
+extern "C" {
+    fn byol_autocast_enter(cuda: i32, dtype: i32, prev_enabled: *mut i32, prev_dtype: *mut i32) -> *mut c_char;
+    fn byol_autocast_exit(cuda: i32, prev_enabled: i32, prev_dtype: i32) -> *mut c_char;
+}
+
+/// Mixed precision for the forward pass (what `torch.autocast` does): while the guard lives,
+/// convolutions and matmuls on `device` run in `kind`, reductions and BN in fp32.
+pub struct Autocast {
+    cuda: i32,
+    prev_enabled: i32,
+    prev_dtype: i32,
+}
+
+pub fn autocast(device: tch::Device, kind: tch::Kind) -> Result<Autocast> {
+    // c10::ScalarType's numbering (tch keeps its own conversion private).
+    let dtype = match kind {
+        tch::Kind::Half => 5,
+        tch::Kind::BFloat16 => 15,
+        other => return Err(crate::error::value_error("precision", format!("autocast to {other:?} is not supported"))),
+    };
+    let cuda = device.is_cuda() as i32;
+    let (mut prev_enabled, mut prev_dtype) = (0, 0);
+    check(unsafe { byol_autocast_enter(cuda, dtype, &mut prev_enabled, &mut prev_dtype) })?;
+    Ok(Autocast { cuda, prev_enabled, prev_dtype })
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // Restoring thread-local flags cannot fail in practice; a failure is reported, not raised.
+        if let Err(e) = check(unsafe { byol_autocast_exit(self.cuda, self.prev_enabled, self.prev_dtype) }) {
+            eprintln!("byol_rs: leaving autocast failed: {e}");
+        }
+    }
+}

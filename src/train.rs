@@ -28,6 +28,8 @@ pub struct StepMetrics {
     /// Whether this call ended an accumulation cycle and updated the weights.
     pub updated: bool,
     pub skipped_steps: i64,
+    /// fp16's dynamic loss scale after this call (1 for fp32 and bf16).
+    pub loss_scale: f64,
 }
 
 pub struct Learner {
@@ -48,6 +50,9 @@ pub struct Learner {
     pub step: i64,
     pub micro_step: i64,
     pub skipped_steps: i64,
+    /// fp16's dynamic loss scale, and the good updates since it last changed.
+    pub loss_scale: f64,
+    pub good_steps: i64,
     /// The pipeline `step_images` applies; its RNG state is part of the training state.
     pub augment: Option<Augment>,
     /// The process group of a data-parallel run.
@@ -92,6 +97,7 @@ impl Learner {
         let excluded = params.views.iter().map(|p| p.dim() == 1).collect();
         let optimizer = optim::build(&config.optim(), &params)?;
         let augment = config.augment.clone().map(Augment::new).transpose()?;
+        let loss_scale = if config.precision == "fp16" { config.loss_scale } else { 1.0 };
         let mut learner = Self {
             config,
             device,
@@ -108,6 +114,8 @@ impl Learner {
             step: 0,
             micro_step: 0,
             skipped_steps: 0,
+            loss_scale,
+            good_steps: 0,
             augment,
             dist,
         };
@@ -217,6 +225,8 @@ impl Learner {
         };
         let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
 
+        // Forward under autocast for bf16 / fp16; the loss and everything after it in fp32.
+        let autocast = self.config.autocast_kind().map(|k| shim::autocast(self.device, k)).transpose()?;
         // Online network, each view on its own so that BN statistics are per view.
         let z1 = self.online.project(&v1, true);
         let z2 = self.online.project(&v2, true);
@@ -226,6 +236,9 @@ impl Learner {
             Some(target) => tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
             None => (z1.detach(), z2.detach()),
         };
+        drop(autocast);
+        let float = |t: Tensor| t.f_to_kind(Kind::Float);
+        let (z1, p1, p2, t1, t2) = (float(z1)?, float(p1)?, float(p2)?, float(t1)?, float(t2)?);
         if let Some(Err(e)) = self.dist.as_ref().map(Dist::take_error) {
             restore_stats(self)?;
             return Err(e);
@@ -248,12 +261,13 @@ impl Learner {
             restore_stats(self)?;
             if self.config.on_nonfinite == "skip" {
                 self.skipped_steps += 1;
-                return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std: f64::NAN, updated: false, skipped_steps: self.skipped_steps });
+                return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std: f64::NAN, updated: false, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale });
             }
             return Err(Error::NonFiniteLoss { loss: loss_value, step: self.step });
         }
-        // Backward: the analytic dL/dp, scaled for accumulation, pushed through autograd.
-        let scale = Tensor::from(1.0f32 / self.config.accumulate as f32).f_to_device(self.device)?;
+        // Backward: the analytic dL/dp, scaled for accumulation (and fp16's loss scale), pushed
+        // through autograd.
+        let scale = Tensor::from((self.loss_scale / self.config.accumulate as f64) as f32).f_to_device(self.device)?;
         let g1 = loss::byol_loss_backward(&scale, &p1, &t2, &l12.saved)?;
         let g2 = loss::byol_loss_backward(&scale, &p2, &t1, &l21.saved)?;
         let surrogate = (&p1 * g1).f_sum(Kind::Float)? + (&p2 * g2).f_sum(Kind::Float)?;
@@ -272,6 +286,15 @@ impl Learner {
         }
 
         self.micro_step += 1;
+        if updated && self.config.precision == "fp16" && !self.unscale_grads()? {
+            // Overflow: this update is skipped and the scale halved (dynamic loss scaling).
+            restore_stats(self)?;
+            let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
+            self.micro_step = 0;
+            self.loss_scale /= 2.0;
+            self.good_steps = 0;
+            return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated: false, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale });
+        }
         if updated {
             self.optimizer.step(&self.params, &self.grads, &self.excluded, lr, self.step + 1)?;
             // Target update, eq. 1: one lerp_ over the flat buffers.
@@ -283,7 +306,23 @@ impl Learner {
             self.micro_step = 0;
             self.step += 1;
         }
-        Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps })
+        Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale })
+    }
+
+    /// Divides the gradients by the loss scale; `false` when any is not finite. After a run of
+    /// good updates the scale doubles again.
+    fn unscale_grads(&mut self) -> Result<bool> {
+        let _guard = tch::no_grad_guard();
+        let _ = self.grads.flat.shallow_clone().f_mul_scalar_(1.0 / self.loss_scale)?;
+        if !bool::try_from(self.grads.flat.f_isfinite()?.f_all()?)? {
+            return Ok(false);
+        }
+        self.good_steps += 1;
+        if self.good_steps == self.config.loss_scale_growth_interval {
+            self.loss_scale *= 2.0;
+            self.good_steps = 0;
+        }
+        Ok(true)
     }
 
     /// Eval-mode backbone features, without gradients.

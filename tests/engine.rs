@@ -49,7 +49,7 @@ fn checkpoint_round_trip_restores_weights_and_counters() {
     l.step(&a, &b).unwrap();
     let path = std::env::temp_dir().join(format!("byol-rs-engine-{}.safetensors", std::process::id()));
     byol_rs::checkpoint::save(&l, &path).unwrap();
-    let r = byol_rs::checkpoint::load(&path, None).unwrap();
+    let r = byol_rs::checkpoint::load(&path, None, None).unwrap();
     std::fs::remove_file(&path).unwrap();
     assert_eq!(r.step, 1);
     assert!(r.params.views.iter().zip(&l.params.views).all(|(x, y)| x.equal(y)));

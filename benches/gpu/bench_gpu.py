@@ -16,12 +16,13 @@ Run it through benches/gpu/run.sh, which installs the wheel and runs the CUDA te
   way) and against lightly's per-image BYOLView1/2Transform in a DataLoader with 16 CPU workers;
 - step: byol_rs.BYOL against the pure-PyTorch BYOL of benches/bench_step.py (lightly-style) for
   ResNet-50 at 224 px, batch 128, and ResNet-18 small-image at 32 px, batch 512; fp32 on both sides,
-  then bf16 (byol_rs is asked for precision="bf16" and its refusal recorded; the reference runs
+  then bf16 (byol_rs with precision="bf16", autocast inside the Rust step; the reference runs
   under torch.autocast). MFU = (3 x online forward FLOPs + target forward FLOPs) x 2 views x batch
   per step time, over the measured matmul rate; forward FLOPs from FlopCounterMode;
 - host_sync: the syncs in one step, counted under torch.cuda.set_sync_debug_mode("warn") (from
   Python warnings for ops called from Python, and from libtorch's own stderr log for ops called by
   the Rust engine, which runs with no Python warning handler), and the first one named by "error";
+- distributed: the step with a world-size-1 process group joined (NCCL) against none (issue 7);
 - cuda_tests: the summary of the pytest run that run.sh did before (--pytest-log, --pytest-rc).
 
 Timing: CUDA events around each call, medians (time.perf_counter on the CPU). The full JSON is written
@@ -59,7 +60,7 @@ from bench_kernels import loss_steps  # noqa: E402
 
 import byol_rs  # noqa: E402
 
-SECTIONS = ("env", "matmul_peak", "ema", "loss", "augment", "step", "host_sync", "cuda_tests")
+SECTIONS = ("env", "matmul_peak", "ema", "loss", "augment", "step", "host_sync", "distributed", "cuda_tests")
 SYNC_TEXT = "synchronizing CUDA operation"
 
 FULL = dict(
@@ -72,6 +73,7 @@ FULL = dict(
         dict(name="resnet18-small-32px-b512", backbone="resnet18", small_image=True, size=32, batch=512, warmup=3, repeats=20),
     ],
     sync=dict(backbone="resnet18", small_image=True, size=32, batch=128),
+    distributed=dict(backbone="resnet18", small_image=True, size=32, batch=512, warmup=3, repeats=20),
 )
 SMOKE = dict(
     matmul=dict(n=512, repeats=3, warmup=1),
@@ -85,10 +87,11 @@ SMOKE = dict(
         dict(name="convnet-small-16px-b4", backbone="convnet", small_image=True, size=16, batch=4, warmup=1, repeats=2, head_hidden=256),
     ],
     sync=dict(backbone="convnet", small_image=False, size=32, batch=4, head_hidden=256),
+    distributed=dict(backbone="convnet", small_image=False, size=32, batch=8, warmup=1, repeats=2, head_hidden=256),
 )
 # Rough seconds each section needs at full size: it is skipped (with that reason) when less is left.
 # The others (env, cuda_tests) take no time and always run.
-NEED_S = dict(matmul_peak=10, ema=15, loss=5, augment=40, step=60, host_sync=20)
+NEED_S = dict(matmul_peak=10, ema=15, loss=5, augment=40, step=60, host_sync=20, distributed=25)
 
 
 class Bench:
@@ -382,7 +385,7 @@ class Bench:
                     torch.cuda.reset_peak_memory_stats()
                 try:
                     fn, obj = make()
-                except Exception as e:  # noqa: BLE001  (this build refuses bf16)
+                except Exception as e:  # noqa: BLE001  (a refused configuration is recorded, not fatal)
                     res[label] = {"status": "not run", "reason": f"{type(e).__name__}: {e}"}
                     print(f"  {c['name']:<26} {label:<26} {fmt_step(res[label])}", flush=True)
                     return
@@ -459,6 +462,29 @@ class Bench:
                 out["note"] = "warn mode counted none, yet error mode raised: the count missed a reporting path; the step does sync"
         else:
             out["note"] = "no CUDA: set_sync_debug_mode not set; only the capture path ran (counts are 0 by construction)"
+        return out
+
+    def distributed(self) -> dict:
+        """Issue 7: the step with a world-size-1 process group (NCCL; Gloo in the smoke run)
+        joined, against the same step without one: the distributed path's fixed cost."""
+        import torch.distributed as dist
+
+        c = dict(self.sizes["distributed"], in_channels=3)
+        g = torch.Generator().manual_seed(0)
+        v1, v2 = (torch.randn(c["batch"], 3, c["size"], c["size"], generator=g).to(self.dev) for _ in range(2))
+        out = {"case": f"{c['backbone']} small_image={c['small_image']} {c['size']}px b{c['batch']}"}
+        out["no process group"] = self.timed(lambda l=ours_byol(c, self.dev, "fp32"): l.step(v1, v2), c["repeats"], c["warmup"])
+        self.sync()
+        backend = "nccl" if self.cuda else "gloo"
+        dist.init_process_group(backend, init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+        try:
+            learner = ours_byol(c, self.dev, "fp32", distributed=True)
+            out[f"{backend}, world size 1"] = self.timed(lambda: learner.step(v1, v2), c["repeats"], c["warmup"])
+        finally:
+            dist.destroy_process_group()
+        base, dd = out["no process group"]["median_ms"], out[f"{backend}, world size 1"]["median_ms"]
+        out["overhead_ms"] = dd - base
+        out["overhead_pct"] = (dd / base - 1) * 100
         return out
 
     def cuda_tests(self) -> dict:
@@ -560,6 +586,11 @@ class Bench:
             else:
                 lines.append(f"| host syncs in one step ({hs['case']}) | {o['syncs']} ({', '.join(o['functions'][:4]) or '-'})"
                              f"{'; error mode: ' + err[:80] if err else ''} | {r['syncs']} | |")
+        dd = sec.get("distributed", {})
+        if dd.get("status") == "ok":
+            keys = [k for k in dd if k.endswith("world size 1")]
+            lines.append(f"| step ms with a world-size-1 process group ({dd['case']}) | {dd[keys[0]]['median_ms']:.2f} | "
+                         f"{dd['no process group']['median_ms']:.2f} (no group) | {dd['overhead_pct']:+.1f} % |")
         ct = sec.get("cuda_tests", {})
         if ct.get("ran"):
             lines.append(f"| pytest -m cuda (rc {ct['rc']}) | {ct['summary']} | | |")
@@ -613,10 +644,10 @@ def torch_byol(c):
         bench_step.MLP = saved
 
 
-def ours_byol(c, dev, precision):
+def ours_byol(c, dev, precision, **kw):
     hidden = c.get("head_hidden", 4096)
     return byol_rs.BYOL(c["backbone"], in_channels=3, small_image=c["small_image"], projector_hidden=hidden,
-                        predictor_hidden=hidden, total_steps=1000, precision=precision, device=str(dev))
+                        predictor_hidden=hidden, total_steps=1000, precision=precision, device=str(dev), **kw)
 
 
 def torch_step_autocast(m, x0, x1, dtype, tau=0.996):

@@ -19,7 +19,7 @@ _TYPES = {
     "batch_size": (int, type(None)), "weight_decay": float, "optimizer_momentum": float, "eta": float,
     "betas": tuple, "adam_eps": float, "total_steps": int, "warmup_steps": int, "final_lr": float,
     "tau_base": float, "tau_final": float, "momentum": bool, "accumulate": int, "ema_bn_stats": bool,
-    "on_nonfinite": str, "precision": str, "device": str, "seed": int, "channels_last": bool,
+    "on_nonfinite": str, "precision": str, "loss_scale": float, "loss_scale_growth_interval": int, "device": str, "seed": int, "channels_last": bool,
     "allow_unsafe": bool, "preset": (str, type(None)), "steps_per_epoch": (int, type(None)),
 }
 
@@ -60,6 +60,12 @@ class BYOL:
     If any rank rejects its input, every rank raises and none changes state. Configurations
     must match across ranks (checked at construction). Only rank 0 writes in :meth:`save`.
 
+    ``precision="bf16" | "fp16"`` runs the forward passes under autocast in that dtype (CUDA;
+    also CPU, where it is for testing rather than speed). Weights, gradients, optimizer state and
+    the loss stay fp32. fp16 scales the loss dynamically: it starts at ``loss_scale``, a step
+    whose gradients overflow is skipped (``updated`` False, nothing changed) and halves it, and
+    ``loss_scale_growth_interval`` good updates in a row double it. The scale is saved.
+
     ``ema_bn_stats=False`` (default): the target runs in training mode with its own BN batch
     statistics, as in the official code, where the target's running statistics are never used;
     ``True`` makes its running statistics an EMA of the online ones, for using the target in
@@ -69,7 +75,7 @@ class BYOL:
     ...                projection_dim=32, total_steps=10)
     >>> metrics = learner.step(torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28))
     >>> sorted(metrics)
-    ['loss', 'lr', 'skipped_steps', 'step', 'tau', 'updated', 'z_std']
+    ['loss', 'loss_scale', 'lr', 'skipped_steps', 'step', 'tau', 'updated', 'z_std']
     """
 
     def __init__(
@@ -99,6 +105,8 @@ class BYOL:
         ema_bn_stats: bool = False,
         on_nonfinite: str = "raise",
         precision: str = "fp32",
+        loss_scale: float = 65536.0,
+        loss_scale_growth_interval: int = 2000,
         device: str = "cpu",
         seed: int = 0,
         channels_last: bool = False,
@@ -132,7 +140,7 @@ class BYOL:
 
         Online forward on each view separately, target forward under no_grad, the
         symmetrised loss, backward, the optimizer update and the EMA, all in Rust with the
-        GIL released. Returns ``loss, lr, tau, step, z_std, updated, skipped_steps``.
+        GIL released. Returns ``loss, lr, tau, step, z_std, updated, skipped_steps, loss_scale``.
         A non-finite loss raises :class:`NonFiniteLossError` and changes nothing
         (``on_nonfinite="skip"`` counts it instead).
         """

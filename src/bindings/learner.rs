@@ -57,6 +57,7 @@ fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, Py
     d.set_item("z_std", m.z_std)?;
     d.set_item("updated", m.updated)?;
     d.set_item("skipped_steps", m.skipped_steps)?;
+    d.set_item("loss_scale", m.loss_scale)?;
     Ok(d)
 }
 

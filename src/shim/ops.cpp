@@ -1,6 +1,7 @@
 // ATen ops that tch 0.24 does not expose. Every entry point catches C++ exceptions and returns
 // them as a heap string (null on success), so that no exception crosses into Rust.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <cstring>
@@ -88,6 +89,35 @@ char *byol_channels_last(at::Tensor *t, at::Tensor **out) {
 char *byol_set_grad(at::Tensor *param, at::Tensor *grad) {
   try {
     param->mutable_grad() = *grad;
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+// Turns autocast on for one device type (CPU or CUDA) with `dtype`, saving what was there.
+char *byol_autocast_enter(int cuda, int dtype, int *prev_enabled, int *prev_dtype) {
+  try {
+    auto device = cuda ? at::kCUDA : at::kCPU;
+    *prev_enabled = at::autocast::is_autocast_enabled(device);
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(device));
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
+    at::autocast::increment_nesting();
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+// Restores the state `byol_autocast_enter` saved; the cast cache is dropped on the way out,
+// as torch.autocast does, so that no half-precision copy of a weight outlives the forward.
+char *byol_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
+  try {
+    auto device = cuda ? at::kCUDA : at::kCPU;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
     return nullptr;
   } catch (const std::exception &ex) {
     return error_string(ex.what());

@@ -203,6 +203,7 @@ class ReferenceBYOL(nn.Module):
         tau_final=1.0,
         ema_bn_stats=False,
         simsiam=False,
+        autocast=None,
     ):
         super().__init__()
         if optimizer not in ("lars", "sgd", "adamw"):
@@ -233,6 +234,8 @@ class ReferenceBYOL(nn.Module):
         # SimSiam (Chen & He 2020, algorithm 1): the target is the online projection of the
         # other view, detached; the EMA copy is not used.
         self.simsiam = simsiam
+        # Mixed precision as torch.autocast gives it: forward in this dtype, the loss in fp32.
+        self.autocast = autocast
         self.step_count = 0
 
         self._excluded = self._find_excluded()
@@ -337,17 +340,19 @@ class ReferenceBYOL(nn.Module):
 
         # Each view gets its own forward pass, so BatchNorm batch statistics
         # (and running-stat updates) are per view, as in the official code.
-        z1 = self.projector(self.backbone(view1))
-        z2 = self.projector(self.backbone(view2))
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        if self.simsiam:
-            zt1, zt2 = z1.detach(), z2.detach()
-        else:
-            with torch.no_grad():
-                # Target also runs in train mode: batch statistics, and its own
-                # running statistics get updated.
-                zt1 = self.target_projector(self.target_backbone(view1))
-                zt2 = self.target_projector(self.target_backbone(view2))
+        with torch.autocast(view1.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            z1 = self.projector(self.backbone(view1))
+            z2 = self.projector(self.backbone(view2))
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            if self.simsiam:
+                zt1, zt2 = z1.detach(), z2.detach()
+            else:
+                with torch.no_grad():
+                    # Target also runs in train mode: batch statistics, and its own
+                    # running statistics get updated.
+                    zt1 = self.target_projector(self.target_backbone(view1))
+                    zt2 = self.target_projector(self.target_backbone(view2))
+        p1, p2, zt1, zt2 = p1.float(), p2.float(), zt1.float(), zt2.float()
 
         loss = regression_loss(p1, zt2) + regression_loss(p2, zt1)
         for _, p in self.online_named_parameters():

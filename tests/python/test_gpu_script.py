@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SECTIONS = {"env", "matmul_peak", "ema", "loss", "augment", "step", "host_sync", "cuda_tests"}
+SECTIONS = {"env", "matmul_peak", "ema", "loss", "augment", "step", "host_sync", "distributed", "cuda_tests"}
 
 
 @pytest.mark.timeout(600)
@@ -39,6 +39,8 @@ def test_gpu_script_cpu_smoke_writes_every_section(tmp_path):
         assert bf16["status"] == "ok" or "not supported by this build yet" in bf16["reason"], bf16
     sync = sections["host_sync"]
     assert sync["byol_rs"]["measured"] is False and "syncs" in sync["pytorch reference"]
+    dist = sections["distributed"]
+    assert dist["status"] == "ok" and dist["no process group"]["median_ms"] > 0 and "gloo, world size 1" in dist
     tests = sections["cuda_tests"]
     assert tests["ran"] and tests["rc"] == 0 and "skipped" in tests["summary"]
     # The table comes last, before run.sh's one-line status.

@@ -34,7 +34,7 @@ def test_target_starts_as_exact_copy_and_has_no_predictor():
 def test_step_metrics_and_z_std():
     learner = small()
     m = learner.step(*views())
-    assert set(m) == {"loss", "lr", "tau", "step", "z_std", "updated", "skipped_steps"}
+    assert set(m) == {"loss", "lr", "tau", "step", "z_std", "updated", "skipped_steps", "loss_scale"}
     assert m["step"] == 1 and m["updated"] and 0 <= m["loss"] <= 8
     assert 0 < m["z_std"] <= 1
 
