@@ -176,10 +176,12 @@ class Trainer:
         probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch, distributed=False)
         batch = self.data.train_images[: self.cfg.batch_size // self.world]
         probe.step(batch)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(3):
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
             probe.step(batch)
-        per_step = (time.perf_counter() - t0) / 3
+            times.append(time.perf_counter() - t0)
+        per_step = sorted(times)[len(times) // 2]  # the median: one slow step must not shrink the plan
         budget = self.cfg.minutes * 60
         evals = budget / (self.cfg.eval_every_minutes * 60) if self.cfg.eval_every_minutes > 0 else 0
         eval_cost = evals * self._knn_seconds(per_step)
