@@ -32,6 +32,16 @@ pub struct StepMetrics {
     pub loss_scale: f64,
 }
 
+/// The forward pass's outputs, in fp32: the online projection of view 1 (for z_std), the
+/// online predictions and the (stop-gradient) targets.
+struct Projections {
+    z1: Tensor,
+    p1: Tensor,
+    p2: Tensor,
+    t1: Tensor,
+    t2: Tensor,
+}
+
 pub struct Learner {
     pub config: LearnerConfig,
     pub device: Device,
@@ -211,66 +221,41 @@ impl Learner {
     }
 
     fn step_checked(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
-        let batch = view1.size()[0];
-        let lr = self.lr(batch)?;
+        let lr = self.lr(view1.size()[0])?;
         // SimSiam has no EMA; its target is the online network itself, i.e. tau = 0.
         let tau = if self.target.is_some() { self.tau()? } else { 0.0 };
-        // Running statistics are restored if the step is rejected.
+        // Running statistics are put back if the step is rejected.
         let saved_stats = (self.buffers.flat.f_detach_copy()?, self.target_buffers.flat.f_detach_copy()?);
-        let restore_stats = |l: &Self| -> Result<()> {
-            let _guard = tch::no_grad_guard();
-            l.buffers.flat.shallow_clone().f_copy_(&saved_stats.0)?;
-            l.target_buffers.flat.shallow_clone().f_copy_(&saved_stats.1)?;
-            Ok(())
+        let metrics = |l: &Self, loss: f64, z_std: f64, updated: bool| StepMetrics {
+            loss, lr, tau, step: l.step, z_std, updated, skipped_steps: l.skipped_steps, loss_scale: l.loss_scale,
         };
-        let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
 
-        // Forward under autocast for bf16 / fp16; the loss and everything after it in fp32.
-        let autocast = self.config.autocast_kind().map(|k| shim::autocast(self.device, k)).transpose()?;
-        // Online network, each view on its own so that BN statistics are per view.
-        let z1 = self.online.project(&v1, true);
-        let z2 = self.online.project(&v2, true);
-        let (p1, p2) = (self.online.predict(&z1, true), self.online.predict(&z2, true));
-        // Target network under stop-gradient; in SimSiam mode the online projections.
-        let (t1, t2) = match &self.target {
-            Some(target) => tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
-            None => (z1.detach(), z2.detach()),
+        let f = match self.forward(view1, view2) {
+            Ok(f) => f,
+            Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
         };
-        drop(autocast);
-        let float = |t: Tensor| t.f_to_kind(Kind::Float);
-        let (z1, p1, p2, t1, t2) = (float(z1)?, float(p1)?, float(p2)?, float(t1)?, float(t2)?);
-        if let Some(Err(e)) = self.dist.as_ref().map(Dist::take_error) {
-            restore_stats(self)?;
-            return Err(e);
-        }
         // Symmetrised loss (eq. 2 and the sum below it): L(p1, z'2) + L(p2, z'1).
-        let l12 = loss::byol_loss_forward(&p1, &t2, Variant::CosineSimilarity)?;
-        let l21 = loss::byol_loss_forward(&p2, &t1, Variant::CosineSimilarity)?;
-        let mut loss_value = l12.loss.double_value(&[]) + l21.loss.double_value(&[]);
-        let mut z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
-        if let Some(d) = &self.dist {
-            // Every rank sees the global mean, so all of them accept or reject together.
-            let m = Tensor::from_slice(&[loss_value, z_std]).f_to_device(self.device)?;
-            if let Err(e) = d.average_(&m) {
-                restore_stats(self)?;
-                return Err(e);
-            }
-            (loss_value, z_std) = (m.f_double_value(&[0])?, m.f_double_value(&[1])?);
-        }
+        let l12 = loss::byol_loss_forward(&f.p1, &f.t2, Variant::CosineSimilarity)?;
+        let l21 = loss::byol_loss_forward(&f.p2, &f.t1, Variant::CosineSimilarity)?;
+        let local = (l12.loss.double_value(&[]) + l21.loss.double_value(&[]), tch::no_grad(|| crate::eval::diagnostics::z_std(&f.z1))?);
+        let (loss_value, z_std) = match self.global_mean(local) {
+            Ok(m) => m,
+            Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
+        };
         if !loss_value.is_finite() {
-            restore_stats(self)?;
+            self.roll_back(&saved_stats, false)?;
             if self.config.on_nonfinite == "skip" {
                 self.skipped_steps += 1;
-                return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std: f64::NAN, updated: false, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale });
+                return Ok(metrics(self, loss_value, f64::NAN, false));
             }
             return Err(Error::NonFiniteLoss { loss: loss_value, step: self.step });
         }
         // Backward: the analytic dL/dp, scaled for accumulation (and fp16's loss scale), pushed
         // through autograd.
         let scale = Tensor::from((self.loss_scale / self.config.accumulate as f64) as f32).f_to_device(self.device)?;
-        let g1 = loss::byol_loss_backward(&scale, &p1, &t2, &l12.saved)?;
-        let g2 = loss::byol_loss_backward(&scale, &p2, &t1, &l21.saved)?;
-        let surrogate = (&p1 * g1).f_sum(Kind::Float)? + (&p2 * g2).f_sum(Kind::Float)?;
+        let g1 = loss::byol_loss_backward(&scale, &f.p1, &f.t2, &l12.saved)?;
+        let g2 = loss::byol_loss_backward(&scale, &f.p2, &f.t1, &l21.saved)?;
+        let surrogate = (&f.p1 * g1).f_sum(Kind::Float)? + (&f.p2 * g2).f_sum(Kind::Float)?;
         let updated = self.micro_step + 1 == self.config.accumulate;
         let mut backward = surrogate.f_backward().map_err(Into::into);
         if let (Some(d), true, Ok(())) = (&self.dist, updated, &backward) {
@@ -278,22 +263,17 @@ impl Learner {
             backward = d.average_(&self.grads.flat);
         }
         if let Err(e) = backward {
-            // Only a failed collective or libtorch error gets here; the pending accumulation is dropped.
-            restore_stats(self)?;
-            let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
-            self.micro_step = 0;
-            return Err(e);
+            // A failed collective or libtorch error; the pending accumulation is dropped.
+            return self.roll_back(&saved_stats, true).and(Err(e));
         }
 
         self.micro_step += 1;
         if updated && self.config.precision == "fp16" && !self.unscale_grads()? {
             // Overflow: this update is skipped and the scale halved (dynamic loss scaling).
-            restore_stats(self)?;
-            let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
-            self.micro_step = 0;
+            self.roll_back(&saved_stats, true)?;
             self.loss_scale /= 2.0;
             self.good_steps = 0;
-            return Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated: false, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale });
+            return Ok(metrics(self, loss_value, z_std, false));
         }
         if updated {
             self.optimizer.step(&self.params, &self.grads, &self.excluded, lr, self.step + 1)?;
@@ -306,7 +286,51 @@ impl Learner {
             self.micro_step = 0;
             self.step += 1;
         }
-        Ok(StepMetrics { loss: loss_value, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale })
+        Ok(metrics(self, loss_value, z_std, updated))
+    }
+
+    /// Both branches on both views, returned in fp32. bf16 / fp16 run under autocast.
+    fn forward(&self, view1: &Tensor, view2: &Tensor) -> Result<Projections> {
+        let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
+        let autocast = self.config.autocast_kind().map(|k| shim::autocast(self.device, k)).transpose()?;
+        // Online network, each view on its own so that BN statistics are per view.
+        let z1 = self.online.project(&v1, true);
+        let z2 = self.online.project(&v2, true);
+        let (p1, p2) = (self.online.predict(&z1, true), self.online.predict(&z2, true));
+        // Target network under stop-gradient; in SimSiam mode the online projections.
+        let (t1, t2) = match &self.target {
+            Some(target) => tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
+            None => (z1.detach(), z2.detach()),
+        };
+        drop(autocast);
+        if let Some(d) = &self.dist {
+            d.take_error()?;
+        }
+        let float = |t: Tensor| t.f_to_kind(Kind::Float);
+        Ok(Projections { z1: float(z1)?, p1: float(p1)?, p2: float(p2)?, t1: float(t1)?, t2: float(t2)? })
+    }
+
+    /// `(loss, z_std)` averaged over the ranks of a data-parallel run, so that every rank
+    /// accepts or rejects the step alike.
+    fn global_mean(&self, local: (f64, f64)) -> Result<(f64, f64)> {
+        let Some(d) = &self.dist else { return Ok(local) };
+        let m = Tensor::from_slice(&[local.0, local.1]).f_to_device(self.device)?;
+        d.average_(&m)?;
+        Ok((m.f_double_value(&[0])?, m.f_double_value(&[1])?))
+    }
+
+    /// Undoes what a rejected step changed: the BN running statistics, and with `drop_grads`
+    /// the gradients of the pending accumulation. Weights and optimizer state are untouched
+    /// until the update, so nothing else needs undoing.
+    fn roll_back(&mut self, saved_stats: &(Tensor, Tensor), drop_grads: bool) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        self.buffers.flat.shallow_clone().f_copy_(&saved_stats.0)?;
+        self.target_buffers.flat.shallow_clone().f_copy_(&saved_stats.1)?;
+        if drop_grads {
+            let _ = self.grads.flat.f_zero_()?;
+            self.micro_step = 0;
+        }
+        Ok(())
     }
 
     /// Divides the gradients by the loss scale; `false` when any is not finite. After a run of
