@@ -156,3 +156,14 @@ def test_torchrun_train_shards_the_global_batch_and_rank_0_writes(tmp_path):
     # The checkpoint of the 2-rank run evaluates in one process.
     learner = byol_rs.BYOL.load(out / "checkpoint.safetensors")
     assert learner.step_count == 22 and learner.world_size == 1
+
+
+def test_ddp_example_runs(tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE.parents[1] / "examples" / "ddp_train.py"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 0: loss") == 1
+    # 1438 digits, global batch 128 -> 11 steps per epoch on 64 images per rank.
+    assert byol_rs.BYOL.load(out).step_count == 11
