@@ -43,12 +43,12 @@ class TrainConfig:
     tau_base: float = 0.98
     projector_hidden: int = 1024
     projection_dim: int = 128
-    crop_scale: tuple = (0.2, 1.0)
+    crop_scale: tuple = (0.35, 1.0)
     warmup_fraction: float = 0.05
     device: str = "cpu"
     seed: int = 0
     out: str = "runs/byol"
-    eval_every_minutes: float = 2.0
+    eval_every_minutes: float = 5.0
     checkpoint_every_minutes: float = 2.0
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -175,7 +175,8 @@ class Trainer:
     def _time_steps(self) -> int:
         probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch, distributed=False)
         batch = self.data.train_images[: self.cfg.batch_size // self.world]
-        probe.step(batch)  # warm-up
+        for _ in range(3):  # warm-up: the first steps fault in memory and are slow
+            probe.step(batch)
         times = []
         for _ in range(5):
             t0 = time.perf_counter()

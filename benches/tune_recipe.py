@@ -1,0 +1,46 @@
+"""One probe of the `byol-rs train` recipe search (benches/RESULTS.md, issue 5): train with some
+defaults overridden, then full-set weighted kNN and linear probe. Prints one JSON line.
+
+    python benches/tune_recipe.py NAME EPOCHS '{"crop_scale": [0.35, 1.0]}'
+    python benches/tune_recipe.py NAME -10 '{"batch_size": 256, "aug": {"blur_p": 0.5}}'   # 10 minutes
+
+EPOCHS > 0 trains that many epochs (accuracy independent of machine load); a negative value is a
+wall-time budget in minutes, as `byol-rs train` runs it. Keys are TrainConfig fields; "aug" holds
+Augment.small_image overrides (view settings for both views). No periodic kNN, no checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import byol_rs.trainer as trainer
+from byol_rs.augment import Augment
+
+
+def main() -> None:
+    name, budget = sys.argv[1], float(sys.argv[2])
+    over = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    aug_over = over.pop("aug", {})
+
+    def augment(cfg, d):
+        mean, std = d.mean_std()
+        return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **aug_over)
+
+    trainer._augment = augment
+    length = dict(epochs=budget, minutes=None) if budget > 0 else dict(epochs=None, minutes=-budget)
+    cfg = trainer.TrainConfig(**length, out=f"/tmp/tune_recipe/{name}", eval_every_minutes=0,
+                              checkpoint_every_minutes=1e9, progress=False, **over)
+    tr = trainer.Trainer(cfg, force=True)
+    t0 = time.time()
+    tr.train()
+    seconds = time.time() - t0
+    r = trainer.evaluate(tr.learner, tr.data, linear=True)
+    print(json.dumps({"name": name, "epochs": round(tr.total_steps / tr.steps_per_epoch, 2), "steps": tr.total_steps,
+                      "over": over, "aug": aug_over, "train_s": round(seconds),
+                      "img_s": round(tr.total_steps * cfg.batch_size / seconds), "knn": r["knn"], "linear": r["linear"]}))
+
+
+if __name__ == "__main__":
+    main()
