@@ -261,6 +261,11 @@ impl Learner {
         if let (Some(d), true, Ok(())) = (&self.dist, updated, &backward) {
             // The one gradient collective of the step, over the flat buffer.
             backward = d.average_(&self.grads.flat);
+            if !d.sync_bn && backward.is_ok() {
+                // Without SyncBN each rank's running statistics follow its own shard; averaging
+                // them keeps every rank's model (and rank 0's checkpoint) the same.
+                backward = d.average_(&self.buffers.flat).and_then(|_| d.average_(&self.target_buffers.flat));
+            }
         }
         if let Err(e) = backward {
             // A failed collective or libtorch error; the pending accumulation is dropped.

@@ -56,7 +56,8 @@ class BYOL:
     opts out; ``process_group`` picks another group). Each rank steps on its own shard; the
     step averages the flat gradient buffer with one all-reduce before the update, so weights,
     optimizer state and target stay bit-identical on all ranks. ``sync_bn`` (default: on when
-    distributed) computes every BN layer's batch statistics over all ranks, as the paper does.
+    distributed) computes every BN layer's batch statistics over all ranks, as the paper does;
+    without it the running statistics are averaged across ranks at each update.
     If any rank rejects its input, every rank raises and none changes state. Configurations
     must match across ranks (checked at construction). Only rank 0 writes in :meth:`save`.
 
