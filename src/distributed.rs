@@ -50,14 +50,16 @@ impl Dist {
 
     /// Every rank learns whether any rank failed its local part (for example input checks),
     /// so that all of them stop together instead of one waiting in a collective forever.
-    pub fn agree<T>(&self, local: Result<T>, device: tch::Device) -> Result<T> {
-        let flag = Tensor::from_slice(&[local.is_err() as i64 as f64]).f_to_device(device)?;
+    /// Control values like this one travel as small CPU tensors (the collective moves them to
+    /// the backend's device when it needs to).
+    pub fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        let flag = Tensor::from_slice(&[local.is_err() as i64 as f64]);
         self.all_reduce_sum(&flag)?;
         let failed = flag.f_double_value(&[0])?;
         match local {
             Err(e) => Err(e),
             Ok(_) if failed > 0.0 => Err(Error::Distributed(format!(
-                "{failed} other rank(s) rejected their input for this step; no state was changed on any rank"
+                "{failed} other rank(s) rejected their input (their own error says why); no state was changed on any rank"
             ))),
             Ok(v) => Ok(v),
         }
@@ -66,13 +68,13 @@ impl Dist {
     /// Raises on every rank unless all ranks hold the same `text` (one collective). The hash is
     /// cut into 21-bit pieces so that their squares sum exactly in f64; equal values are
     /// detected by `world * sum(h^2) == sum(h)^2`.
-    pub fn check_same(&self, what: &str, text: &str, device: tch::Device) -> Result<()> {
+    pub fn check_same(&self, what: &str, text: &str) -> Result<()> {
         let h = fnv1a(text.as_bytes());
         let parts: Vec<f64> = (0..3).map(|i| ((h >> (21 * i)) & 0x1F_FFFF) as f64).collect();
         let squares: Vec<f64> = parts.iter().map(|p| p * p).collect();
-        let t = Tensor::from_slice(&[parts, squares].concat()).f_to_device(device)?;
+        let t = Tensor::from_slice(&[parts, squares].concat());
         self.all_reduce_sum(&t)?;
-        let v = Vec::<f64>::try_from(t.f_to_device(tch::Device::Cpu)?)?;
+        let v = Vec::<f64>::try_from(&t)?;
         let w = self.world_size() as f64;
         if (0..3).any(|i| w * v[3 + i] != v[i] * v[i]) {
             return Err(Error::Distributed(format!("the {what} differs between ranks; every rank must build the learner with the same arguments")));
@@ -179,19 +181,19 @@ mod tests {
     #[test]
     fn check_same_detects_a_differing_rank() {
         let same = Dist::new(Arc::new(FakePair { offset: 0.0 }), true);
-        assert!(same.check_same("config", "{\"a\":1}", tch::Device::Cpu).is_ok());
+        assert!(same.check_same("config", "{\"a\":1}").is_ok());
         let differs = Dist::new(Arc::new(FakePair { offset: 1.0 }), true);
-        let err = differs.check_same("config", "{\"a\":1}", tch::Device::Cpu).unwrap_err();
+        let err = differs.check_same("config", "{\"a\":1}").unwrap_err();
         assert!(err.to_string().contains("differs between ranks"), "{err}");
     }
 
     #[test]
     fn agree_fails_every_rank_when_one_fails() {
         let other_failed = Dist::new(Arc::new(FakePair { offset: 1.0 }), true);
-        let err = other_failed.agree(Ok(()), tch::Device::Cpu).unwrap_err();
+        let err = other_failed.agree(Ok(())).unwrap_err();
         assert!(err.to_string().contains("other rank(s) rejected"), "{err}");
         let all_ok = Dist::new(Arc::new(FakePair { offset: 0.0 }), true);
-        assert!(all_ok.agree(Ok(()), tch::Device::Cpu).is_ok());
+        assert!(all_ok.agree(Ok(())).is_ok());
     }
 
     #[test]

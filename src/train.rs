@@ -77,12 +77,16 @@ impl Learner {
     /// A learner that is one rank of a data-parallel run: gradients are averaged across ranks
     /// before every update, so weights, optimizer state and target stay identical on all ranks.
     pub fn with_dist(config: LearnerConfig, dist: Option<Dist>) -> Result<Self> {
-        let config = config.resolve()?;
-        let device = config.device()?;
+        let resolved = config.resolve().and_then(|c| c.device().map(|d| (c, d)));
+        let (config, device) = match &dist {
+            // A rank whose config is invalid must not leave the others waiting in a collective.
+            Some(d) => d.agree(resolved)?,
+            None => resolved?,
+        };
         if let Some(d) = &dist {
             // Devices differ between ranks by design (cuda:0, cuda:1, ...); nothing else may.
             let shared = LearnerConfig { device: String::new(), ..config.clone() };
-            d.check_same("configuration (or sync_bn)", &format!("{}|sync_bn={}", shared.to_json(), d.sync_bn), device)?;
+            d.check_same("configuration (or sync_bn)", &format!("{}|sync_bn={}", shared.to_json(), d.sync_bn))?;
         }
         tch::manual_seed(config.seed);
         let net_cfg = config.network();
@@ -203,7 +207,7 @@ impl Learner {
     /// In a data-parallel run every rank stops when any rank's local checks failed.
     fn agree<T>(&self, local: Result<T>) -> Result<T> {
         match &self.dist {
-            Some(d) => d.agree(local, self.device),
+            Some(d) => d.agree(local),
             None => local,
         }
     }
@@ -319,7 +323,7 @@ impl Learner {
     /// accepts or rejects the step alike.
     fn global_mean(&self, local: (f64, f64)) -> Result<(f64, f64)> {
         let Some(d) = &self.dist else { return Ok(local) };
-        let m = Tensor::from_slice(&[local.0, local.1]).f_to_device(self.device)?;
+        let m = Tensor::from_slice(&[local.0, local.1]);
         d.average_(&m)?;
         Ok((m.f_double_value(&[0])?, m.f_double_value(&[1])?))
     }

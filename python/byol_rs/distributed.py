@@ -59,7 +59,16 @@ def group_spec(
     if world == 1 and distributed is None:
         return None
 
+    # NCCL reduces CUDA tensors only; the engine's small control values (agreement flags, the
+    # loss) come as CPU tensors and make a round trip through the GPU.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(process_group) == "nccl" else None
+
     def all_reduce_sum(t: torch.Tensor) -> None:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=process_group)
+        if device is not None and t.device.type == "cpu":
+            on_device = t.to(device)
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM, group=process_group)
+            t.copy_(on_device)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=process_group)
 
     return all_reduce_sum, rank, world, world > 1 if sync_bn is None else sync_bn

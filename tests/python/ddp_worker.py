@@ -82,7 +82,13 @@ def config_mismatch(rank: int, world: int, out: Path) -> None:
         byol_rs.BYOL("convnet", **{**SMALL, "projection_dim": 32 + rank})
     except DistributedError as e:
         raised = str(e)
-    torch.save({"raised": raised}, out / f"config_mismatch.rank{rank}.pt")
+    # An invalid config on one rank: it raises its own error, the others stop too (no hang).
+    invalid = None
+    try:
+        byol_rs.BYOL("convnet", **{**SMALL, "lr": -1.0 if rank == 1 else 0.2})
+    except (ByolValueError, DistributedError) as e:
+        invalid = (type(e).__name__, str(e))
+    torch.save({"raised": raised, "invalid": invalid}, out / f"config_mismatch.rank{rank}.pt")
 
 
 def resume(rank: int, world: int, out: Path) -> None:

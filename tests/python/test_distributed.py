@@ -98,8 +98,11 @@ def test_one_rank_rejecting_its_input_fails_every_rank_and_changes_nothing(tmp_p
 
 def test_mismatched_configs_raise_on_every_rank(tmp_path):
     torchrun("config_mismatch", tmp_path)
-    for r in rank_results(tmp_path, "config_mismatch"):
+    r0, r1 = rank_results(tmp_path, "config_mismatch")
+    for r in (r0, r1):
         assert r["raised"] is not None and "differs between ranks" in r["raised"]
+    assert r1["invalid"][0] == "ByolValueError" and r1["invalid"][1].startswith("lr: must be finite and >= 0")
+    assert r0["invalid"][0] == "DistributedError" and "rejected their input" in r0["invalid"][1]
 
 
 def test_checkpoints_move_between_world_sizes(tmp_path):
