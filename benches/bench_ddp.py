@@ -68,8 +68,10 @@ def worker(case: str, steps: int, out: str) -> None:
     v1, v2 = views(c, c["batch"] // world)
     result = {}
     for name, kw in (("sync_bn", {}), ("no_sync_bn", dict(sync_bn=False))):
-        result[name] = step_ms(learner(c, **kw), v1, v2, steps)
-    grads = torch.zeros(sum(p.numel() for p in learner(c).named_parameters().values()))
+        l = learner(c, **kw)
+        result[name] = step_ms(l, v1, v2, steps)
+    # A buffer the size of the flat gradient, for the collective alone.
+    grads = torch.zeros(sum(p.numel() for p in l.named_parameters().values()))
     flag = torch.zeros(1, dtype=torch.float64)
 
     def reduce(t):
