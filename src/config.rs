@@ -45,6 +45,11 @@ pub struct LearnerConfig {
     pub ema_bn_stats: bool,
     /// `raise` or `skip` on a non-finite loss.
     pub on_nonfinite: String,
+    /// Where the non-finite check happens: `immediate` (the step reads the loss back and
+    /// refuses at once), `deferred` (the device cancels the update itself and the host hears
+    /// of it later, so the step never waits for the device), or `auto`: deferred on CUDA
+    /// unless fp16 or data parallel needs the host to decide, immediate elsewhere.
+    pub nonfinite_check: String,
     /// `fp32`, `bf16` or `fp16`: the forward runs under autocast in that dtype (weights, optimizer
     /// state and the loss stay fp32). For `fp16` the loss is scaled dynamically.
     pub precision: String,
@@ -95,6 +100,7 @@ impl Default for LearnerConfig {
             accumulate: 1,
             ema_bn_stats: false,
             on_nonfinite: "raise".into(),
+            nonfinite_check: "auto".into(),
             precision: "fp32".into(),
             loss_scale: 65536.0,
             loss_scale_growth_interval: 2000,
@@ -186,6 +192,12 @@ impl LearnerConfig {
         }
         if !["raise", "skip"].contains(&self.on_nonfinite.as_str()) {
             return Err(value_error("on_nonfinite", format!("expected 'raise' or 'skip', got {:?}", self.on_nonfinite)));
+        }
+        if !["auto", "immediate", "deferred"].contains(&self.nonfinite_check.as_str()) {
+            return Err(value_error("nonfinite_check", format!("expected 'auto', 'immediate' or 'deferred', got {:?}", self.nonfinite_check)));
+        }
+        if self.nonfinite_check == "deferred" && self.precision == "fp16" {
+            return Err(value_error("nonfinite_check", "'deferred' does not combine with precision='fp16', whose dynamic loss scale is decided on the host; use 'auto' or 'immediate'"));
         }
         if !["fp32", "bf16", "fp16"].contains(&self.precision.as_str()) {
             return Err(value_error("precision", format!("expected 'fp32', 'bf16' or 'fp16', got {:?}", self.precision)));

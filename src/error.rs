@@ -11,8 +11,8 @@ pub enum Error {
     #[error("{arg}: {msg}")]
     Type { arg: String, msg: String },
     /// The loss was NaN or infinite; nothing was updated.
-    #[error("non-finite loss ({loss}) at step {step}: online weights, target weights and optimizer state were left unchanged")]
-    NonFiniteLoss { loss: f64, step: i64 },
+    #[error("non-finite loss ({loss}) at step {step}: online weights, target weights and optimizer state were left unchanged{}", cancelled_note(*cancelled, *step))]
+    NonFiniteLoss { loss: f64, step: i64, cancelled: usize },
     /// A checkpoint could not be read or written.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: String, msg: String },
@@ -31,4 +31,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Shorthand for `Error::Value`.
 pub fn value_error(arg: &str, msg: impl Into<String>) -> Error {
     Error::Value { arg: arg.to_string(), msg: msg.into() }
+}
+
+/// On CUDA the check runs behind the device, so the calls made since were cancelled too.
+fn cancelled_note(cancelled: usize, step: i64) -> String {
+    match cancelled {
+        0 => String::new(),
+        n => format!(" (found on the device after {n} later call(s) had been queued; they were cancelled as well, so the learner is as it was before step {step})"),
+    }
 }

@@ -98,3 +98,64 @@ impl Drop for Autocast {
         }
     }
 }
+
+extern "C" {
+    fn byol_foreach_norm(tensors: *const *const C_tensor, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
+    fn byol_host_copy_start(t: *const C_tensor, host: *mut *mut C_tensor, event: *mut *mut std::ffi::c_void) -> *mut c_char;
+    fn byol_event_ready(event: *mut std::ffi::c_void, wait: i32, ready: *mut i32) -> *mut c_char;
+    fn byol_event_free(event: *mut std::ffi::c_void);
+    fn byol_upload(t: *const C_tensor, cuda_index: i64, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+/// A CPU tensor moved to `device` without the host waiting (a plain copy would synchronise).
+pub fn upload(t: &Tensor, device: tch::Device) -> Result<Tensor> {
+    let index = match device {
+        tch::Device::Cuda(i) => i as i64,
+        _ => return Ok(t.f_to_device(device)?),
+    };
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { byol_upload(t.as_ptr(), index, &mut out) })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// `[|t_0|, |t_1|, ...]`, the l2 norm of every tensor, as one 1-D tensor on their device.
+pub fn foreach_norm(tensors: &[Tensor]) -> Result<Tensor> {
+    let ptrs: Vec<_> = tensors.iter().map(|t| t.as_ptr()).collect();
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { byol_foreach_norm(ptrs.as_ptr(), ptrs.len(), &mut out) })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// A device value on its way to the host: the copy is queued behind the work that produces
+/// it, so starting one never waits for the device.
+pub struct HostCopy {
+    host: Tensor,
+    event: *mut std::ffi::c_void,
+}
+
+// The event is only queried or waited on, which CUDA allows from any thread.
+unsafe impl Send for HostCopy {}
+
+impl HostCopy {
+    pub fn start(t: &Tensor) -> Result<Self> {
+        let (mut host, mut event) = (std::ptr::null_mut(), std::ptr::null_mut());
+        check(unsafe { byol_host_copy_start(t.as_ptr(), &mut host, &mut event) })?;
+        Ok(Self { host: unsafe { Tensor::from_ptr(host) }, event })
+    }
+
+    /// The host copy once the device has produced it; `None` while it has not (with `wait`,
+    /// blocks instead).
+    pub fn get(&self, wait: bool) -> Result<Option<&Tensor>> {
+        let mut ready = 0;
+        check(unsafe { byol_event_ready(self.event, wait as i32, &mut ready) })?;
+        Ok((ready != 0).then_some(&self.host))
+    }
+}
+
+impl Drop for HostCopy {
+    fn drop(&mut self) {
+        if !self.event.is_null() {
+            unsafe { byol_event_free(self.event) };
+        }
+    }
+}

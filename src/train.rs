@@ -12,19 +12,37 @@ use crate::model::norm::SyncHandle;
 use crate::optim::{self, Optimizer};
 use crate::schedule::{cosine_tau, warmup_cosine_lr};
 use crate::shim;
+use std::collections::VecDeque;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+/// A metric that may still be on the device. Reading a `Device` value waits for the device,
+/// so the step hands it over unread and the caller reads it only when it needs it.
+#[derive(Debug)]
+pub enum Reading {
+    Host(f64),
+    Device(Tensor),
+}
+
+impl Reading {
+    pub fn value(&self) -> Result<f64> {
+        match self {
+            Reading::Host(v) => Ok(*v),
+            Reading::Device(t) => Ok(t.f_double_value(&[])?),
+        }
+    }
+}
+
 /// What one call of `step` reports.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StepMetrics {
-    pub loss: f64,
+    pub loss: Reading,
     pub lr: f64,
     pub tau: f64,
     /// Optimizer updates done so far (after this call).
     pub step: i64,
     /// Mean over dimensions of the std of l2-normalised online projections; 1/sqrt(d) is ideal, 0 is collapse.
-    pub z_std: f64,
+    pub z_std: Reading,
     /// Whether this call ended an accumulation cycle and updated the weights.
     pub updated: bool,
     pub skipped_steps: i64,
@@ -34,6 +52,20 @@ pub struct StepMetrics {
 
 /// The forward pass's outputs, in fp32: the online projection of view 1 (for z_std), the
 /// online predictions and the (stop-gradient) targets.
+/// Both directions of the symmetric loss, kept for the analytic backward, and their sum.
+struct Losses {
+    l12: loss::LossForward,
+    l21: loss::LossForward,
+    sum: Tensor,
+}
+
+/// `live <- before` wherever `fault` (a 0-d bool on the device) is set: cancels an update
+/// without the host knowing whether it must.
+fn keep_where(fault: &Tensor, before: &Tensor, live: &Tensor) -> Result<()> {
+    let _ = live.shallow_clone().f_copy_(&before.f_where_self(fault, live)?)?;
+    Ok(())
+}
+
 struct Projections {
     z1: Tensor,
     p1: Tensor,
@@ -54,8 +86,6 @@ pub struct Learner {
     pub buffers: FlatTensors,
     pub target_buffers: FlatTensors,
     pub(crate) grads: FlatTensors,
-    /// Biases and BN parameters (all 1-D parameters): no weight decay, no LARS adaptation.
-    excluded: Vec<bool>,
     pub optimizer: Box<dyn Optimizer>,
     pub step: i64,
     pub micro_step: i64,
@@ -67,6 +97,24 @@ pub struct Learner {
     pub augment: Option<Augment>,
     /// The process group of a data-parallel run.
     pub dist: Option<Dist>,
+    /// CUDA steps whose non-finite check is still on its way to the host, oldest first.
+    pending: VecDeque<PendingCheck>,
+    /// On the device: set by a non-finite loss, and while set every update is cancelled.
+    fault: Option<Tensor>,
+    /// Updates launched so far (counts cancelled ones too): names accumulation windows.
+    windows: i64,
+    /// The window whose cancelled update `skipped_steps` has already counted.
+    counted_window: i64,
+    /// The current window's update is known to be cancelled: it must not advance `step`.
+    skip_window: bool,
+}
+
+/// A CUDA step's summed loss on its way to the host, with what undoing the step needs.
+struct PendingCheck {
+    loss: shim::HostCopy,
+    step: i64,
+    window: i64,
+    rng: Option<crate::augment::rng::Rng>,
 }
 
 impl Learner {
@@ -77,7 +125,12 @@ impl Learner {
     /// A learner that is one rank of a data-parallel run: gradients are averaged across ranks
     /// before every update, so weights, optimizer state and target stay identical on all ranks.
     pub fn with_dist(config: LearnerConfig, dist: Option<Dist>) -> Result<Self> {
-        let resolved = config.resolve().and_then(|c| c.device().map(|d| (c, d)));
+        let resolved = config.resolve().and_then(|c| c.device().map(|d| (c, d))).and_then(|(c, d)| {
+            if dist.is_some() && c.nonfinite_check == "deferred" {
+                return Err(value_error("nonfinite_check", "'deferred' does not combine with a data-parallel run, whose ranks agree on every step on the host; use 'auto' or 'immediate'"));
+            }
+            Ok((c, d))
+        });
         let (config, device) = match &dist {
             // A rank whose config is invalid must not leave the others waiting in a collective.
             Some(d) => d.agree(resolved)?,
@@ -97,10 +150,12 @@ impl Learner {
         let target = config.momentum.then(|| network(&target_vs.root(), &net_cfg, false, sync.as_ref())).transpose()?;
         let (online_p, online_b) = ordered_variables(&online_vs);
         let (target_p, target_b) = ordered_variables(&target_vs);
-        let params = FlatTensors::adopt(online_p, Kind::Float, device)?;
-        let buffers = FlatTensors::adopt(online_b, Kind::Float, device)?;
-        let target_params = FlatTensors::adopt(target_p, Kind::Float, device)?;
-        let target_buffers = FlatTensors::adopt(target_b, Kind::Float, device)?;
+        // cuDNN's fast kernels are NHWC: on CUDA the conv weights live channels_last.
+        let nhwc = device.is_cuda();
+        let params = FlatTensors::adopt(online_p, Kind::Float, device, nhwc)?;
+        let buffers = FlatTensors::adopt(online_b, Kind::Float, device, false)?;
+        let target_params = FlatTensors::adopt(target_p, Kind::Float, device, nhwc)?;
+        let target_buffers = FlatTensors::adopt(target_b, Kind::Float, device, false)?;
         for t in &target_params.views {
             let _ = t.shallow_clone().f_set_requires_grad(false)?;
         }
@@ -108,8 +163,8 @@ impl Learner {
         for (p, g) in params.views.iter().zip(&grads.views) {
             shim::set_grad(p, g)?;
         }
-        let excluded = params.views.iter().map(|p| p.dim() == 1).collect();
-        let optimizer = optim::build(&config.optim(), &params)?;
+        let excluded: Vec<bool> = params.views.iter().map(|p| p.dim() == 1).collect();
+        let optimizer = optim::build(&config.optim(), &params, &excluded)?;
         let augment = config.augment.clone().map(Augment::new).transpose()?;
         let loss_scale = if config.precision == "fp16" { config.loss_scale } else { 1.0 };
         let mut learner = Self {
@@ -123,7 +178,6 @@ impl Learner {
             buffers,
             target_buffers,
             grads,
-            excluded,
             optimizer,
             step: 0,
             micro_step: 0,
@@ -132,6 +186,11 @@ impl Learner {
             good_steps: 0,
             augment,
             dist,
+            pending: VecDeque::new(),
+            fault: None,
+            windows: 0,
+            counted_window: -1,
+            skip_window: false,
         };
         if let Some(d) = &learner.dist {
             d.broadcast_from_rank0(&learner.params.flat)?;
@@ -155,15 +214,19 @@ impl Learner {
 
     /// The target starts as an exact copy of the online encoder and projector.
     fn sync_target(&self) -> Result<()> {
-        ema::ema_update_(&self.target_params.views, self.online_prefix(&self.params, &self.target_params)?, 0.0)?;
-        ema::ema_update_(&self.target_buffers.views, self.online_prefix(&self.buffers, &self.target_buffers)?, 0.0)
+        self.ema(0.0, true)
     }
 
-    /// The online tensors that pair with the target's: the same names, laid out as a prefix.
-    fn online_prefix<'a>(&self, online: &'a FlatTensors, target: &FlatTensors) -> Result<&'a [Tensor]> {
-        let k = target.views.len();
-        debug_assert!(online.names[..k] == target.names[..]);
-        Ok(&online.views[..k])
+    /// Target update, eq. 1: one lerp over each flat buffer. The target's tensors pair with a
+    /// prefix of the online ones (the same names, in the same order).
+    fn ema(&self, tau: f64, with_buffers: bool) -> Result<()> {
+        let pairs = [(&self.target_params, &self.params), (&self.target_buffers, &self.buffers)];
+        for (target, online) in pairs.into_iter().take(if with_buffers { 2 } else { 1 }) {
+            debug_assert!(online.names[..target.names.len()] == target.names[..]);
+            let prefix = online.flat.f_narrow(0, 0, target.numel())?;
+            ema::ema_update_(&[target.flat.shallow_clone()], &[prefix], tau)?;
+        }
+        Ok(())
     }
 
     pub fn lr(&self, batch: i64) -> Result<f64> {
@@ -181,6 +244,7 @@ impl Learner {
 
     /// One BYOL step on two augmented views of the same batch.
     pub fn step(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
+        self.settle(false)?;
         let checked = self.check_views(view1, view2);
         self.agree(checked)?;
         self.step_checked(view1, view2)
@@ -189,13 +253,14 @@ impl Learner {
     /// Augments `images` into two views with the learner's pipeline, then steps. On any
     /// error the pipeline's RNG is rewound too, so a failed call changes nothing.
     pub fn step_images(&mut self, images: &Tensor, layout: Layout) -> Result<StepMetrics> {
+        self.settle(false)?;
         let Some(augment) = self.augment.as_mut() else {
             return Err(value_error("view2", "this learner has no augment pipeline: pass two views, or build it with augment=Augment(...)"));
         };
         let saved = augment.rng.clone();
         let views = images.f_to_device(self.device).map_err(Into::into).and_then(|x| augment.views(&x, layout));
         let checked = views.and_then(|(v1, v2)| self.check_views(&v1, &v2).map(|_| (v1, v2)));
-        let out = self.agree(checked).and_then(|(v1, v2)| self.step_checked(&v1, &v2));
+        let out = self.agree(checked).and_then(|(v1, v2)| self.step_checked_from(&v1, &v2, Some(saved.clone())));
         if out.is_err() {
             if let Some(a) = self.augment.as_mut() {
                 a.rng = saved;
@@ -212,9 +277,21 @@ impl Learner {
         }
     }
 
+    /// Whether the non-finite check runs behind the device instead of waiting for it
+    /// (`nonfinite_check`; with `auto`, on CUDA except where the host must decide at once).
+    fn deferred(&self) -> bool {
+        match self.config.nonfinite_check.as_str() {
+            "deferred" => true,
+            "immediate" => false,
+            _ => self.device.is_cuda() && self.dist.is_none() && self.config.precision != "fp16",
+        }
+    }
+
     fn check_views(&self, view1: &Tensor, view2: &Tensor) -> Result<()> {
-        self.check_images(view1, "view1")?;
-        self.check_images(view2, "view2")?;
+        // A deferred step catches non-finite views through its loss, on the device.
+        let finite = !self.deferred();
+        self.check_images(view1, "view1", finite)?;
+        self.check_images(view2, "view2", finite)?;
         if view1.size() != view2.size() {
             return Err(value_error("view2", format!("shape {:?} does not match view1 shape {:?}", view2.size(), view1.size())));
         }
@@ -225,23 +302,40 @@ impl Learner {
     }
 
     fn step_checked(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
-        let lr = self.lr(view1.size()[0])?;
-        // SimSiam has no EMA; its target is the online network itself, i.e. tau = 0.
-        let tau = if self.target.is_some() { self.tau()? } else { 0.0 };
+        self.step_checked_from(view1, view2, self.augment.as_ref().map(|a| a.rng.clone()))
+    }
+
+    /// `rng` is the augmentation RNG as it was before this call, which undoing it restores.
+    fn step_checked_from(&mut self, view1: &Tensor, view2: &Tensor, rng: Option<crate::augment::rng::Rng>) -> Result<StepMetrics> {
+        if self.deferred() {
+            self.step_deferred(view1, view2, rng)
+        } else {
+            self.step_synchronous(view1, view2)
+        }
+    }
+
+    fn metrics(&self, loss: Reading, z_std: Reading, lr: f64, tau: f64, updated: bool) -> StepMetrics {
+        StepMetrics { loss, lr, tau, step: self.step, z_std, updated, skipped_steps: self.skipped_steps, loss_scale: self.loss_scale }
+    }
+
+    /// The schedules' values for this call. SimSiam has no EMA; its target is the online
+    /// network itself, i.e. tau = 0.
+    fn schedules(&self, batch: i64) -> Result<(f64, f64)> {
+        Ok((self.lr(batch)?, if self.target.is_some() { self.tau()? } else { 0.0 }))
+    }
+
+    /// The step that decides on the host: the loss is read before anything is updated, and a
+    /// non-finite one is refused at once (CPU, fp16, data parallel).
+    fn step_synchronous(&mut self, view1: &Tensor, view2: &Tensor) -> Result<StepMetrics> {
+        let (lr, tau) = self.schedules(view1.size()[0])?;
         // Running statistics are put back if the step is rejected.
         let saved_stats = (self.buffers.flat.f_detach_copy()?, self.target_buffers.flat.f_detach_copy()?);
-        let metrics = |l: &Self, loss: f64, z_std: f64, updated: bool| StepMetrics {
-            loss, lr, tau, step: l.step, z_std, updated, skipped_steps: l.skipped_steps, loss_scale: l.loss_scale,
-        };
-
         let f = match self.forward(view1, view2) {
             Ok(f) => f,
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
         };
-        // Symmetrised loss (eq. 2 and the sum below it): L(p1, z'2) + L(p2, z'1).
-        let l12 = loss::byol_loss_forward(&f.p1, &f.t2, Variant::CosineSimilarity)?;
-        let l21 = loss::byol_loss_forward(&f.p2, &f.t1, Variant::CosineSimilarity)?;
-        let local = (l12.loss.double_value(&[]) + l21.loss.double_value(&[]), tch::no_grad(|| crate::eval::diagnostics::z_std(&f.z1))?);
+        let losses = self.losses(&f)?;
+        let local = (losses.sum.f_double_value(&[])?, tch::no_grad(|| crate::eval::diagnostics::z_std(&f.z1))?);
         let (loss_value, z_std) = match self.global_mean(local) {
             Ok(m) => m,
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
@@ -250,18 +344,12 @@ impl Learner {
             self.roll_back(&saved_stats, false)?;
             if self.config.on_nonfinite == "skip" {
                 self.skipped_steps += 1;
-                return Ok(metrics(self, loss_value, f64::NAN, false));
+                return Ok(self.metrics(Reading::Host(loss_value), Reading::Host(f64::NAN), lr, tau, false));
             }
-            return Err(Error::NonFiniteLoss { loss: loss_value, step: self.step });
+            return Err(Error::NonFiniteLoss { loss: loss_value, step: self.step, cancelled: 0 });
         }
-        // Backward: the analytic dL/dp, scaled for accumulation (and fp16's loss scale), pushed
-        // through autograd.
-        let scale = Tensor::from((self.loss_scale / self.config.accumulate as f64) as f32).f_to_device(self.device)?;
-        let g1 = loss::byol_loss_backward(&scale, &f.p1, &f.t2, &l12.saved)?;
-        let g2 = loss::byol_loss_backward(&scale, &f.p2, &f.t1, &l21.saved)?;
-        let surrogate = (&f.p1 * g1).f_sum(Kind::Float)? + (&f.p2 * g2).f_sum(Kind::Float)?;
         let updated = self.micro_step + 1 == self.config.accumulate;
-        let mut backward = surrogate.f_backward().map_err(Into::into);
+        let mut backward = self.backward(&f, &losses);
         if let (Some(d), true, Ok(())) = (&self.dist, updated, &backward) {
             // The one gradient collective of the step, over the flat buffer.
             backward = d.average_(&self.grads.flat);
@@ -277,25 +365,143 @@ impl Learner {
         }
 
         self.micro_step += 1;
+        let (loss, z_std) = (Reading::Host(loss_value), Reading::Host(z_std));
         if updated && self.config.precision == "fp16" && !self.unscale_grads()? {
             // Overflow: this update is skipped and the scale halved (dynamic loss scaling).
             self.roll_back(&saved_stats, true)?;
             self.loss_scale /= 2.0;
             self.good_steps = 0;
-            return Ok(metrics(self, loss_value, z_std, false));
+            return Ok(self.metrics(loss, z_std, lr, tau, false));
         }
         if updated {
-            self.optimizer.step(&self.params, &self.grads, &self.excluded, lr, self.step + 1)?;
-            // Target update, eq. 1: one lerp_ over the flat buffers.
-            ema::ema_update_(&self.target_params.views, self.online_prefix(&self.params, &self.target_params)?, tau)?;
-            if self.config.ema_bn_stats {
-                ema::ema_update_(&self.target_buffers.views, self.online_prefix(&self.buffers, &self.target_buffers)?, tau)?;
-            }
-            let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
-            self.micro_step = 0;
+            self.update(lr, tau)?;
             self.step += 1;
         }
-        Ok(metrics(self, loss_value, z_std, updated))
+        Ok(self.metrics(loss, z_std, lr, tau, updated))
+    }
+
+    /// The CUDA step: nothing waits for the device. The loss is checked on the device, where a
+    /// non-finite one sets `fault`, and a set fault cancels the update (every buffer is put
+    /// back with `where`). The host learns of it later, in `settle`, from a copy queued here.
+    fn step_deferred(&mut self, view1: &Tensor, view2: &Tensor, rng: Option<crate::augment::rng::Rng>) -> Result<StepMetrics> {
+        let (lr, tau) = self.schedules(view1.size()[0])?;
+        let fault = match &self.fault {
+            Some(f) => f.shallow_clone(),
+            None => self.fault.insert(Tensor::f_zeros([], (Kind::Bool, self.device))?).shallow_clone(),
+        };
+        let saved_stats = (self.buffers.flat.f_detach_copy()?, self.target_buffers.flat.f_detach_copy()?);
+        let f = match self.forward(view1, view2) {
+            Ok(f) => f,
+            Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
+        };
+        let losses = self.losses(&f)?;
+        let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std_on_device(&f.z1))?;
+        let check = shim::HostCopy::start(&losses.sum)?;
+        {
+            let _guard = tch::no_grad_guard();
+            let _ = fault.shallow_clone().f_logical_or_(&losses.sum.f_isfinite()?.f_logical_not()?)?;
+            keep_where(&fault, &saved_stats.0, &self.buffers.flat)?;
+            keep_where(&fault, &saved_stats.1, &self.target_buffers.flat)?;
+        }
+        if let Err(e) = self.backward(&f, &losses) {
+            return self.roll_back(&saved_stats, true).and(Err(e));
+        }
+        self.pending.push_back(PendingCheck { loss: check, step: self.step, window: self.windows, rng });
+        self.micro_step += 1;
+        let updated = self.micro_step == self.config.accumulate;
+        if updated {
+            let _guard = tch::no_grad_guard();
+            let mut state = vec![self.params.flat.shallow_clone(), self.target_params.flat.shallow_clone(), self.target_buffers.flat.shallow_clone()];
+            state.extend(self.optimizer.flat_state());
+            let before = state.iter().map(|t| t.f_detach_copy()).collect::<std::result::Result<Vec<_>, _>>()?;
+            self.update(lr, tau)?;
+            for (b, live) in before.iter().zip(&state) {
+                keep_where(&fault, b, live)?;
+            }
+            if self.config.on_nonfinite == "skip" {
+                // Skipping cancels only this window's update; raising cancels all until settled.
+                let _ = fault.shallow_clone().f_zero_()?;
+            }
+            self.windows += 1;
+            if !std::mem::take(&mut self.skip_window) {
+                self.step += 1;
+            }
+        }
+        Ok(self.metrics(Reading::Device(losses.sum), Reading::Device(z_std), lr, tau, updated))
+    }
+
+    /// Reads the deferred checks the device has finished (with `wait`, all of them) and acts
+    /// on a non-finite loss: `skip` counts it and takes its update off `step`; `raise` puts
+    /// the learner back to before that call and returns the error. The device already
+    /// cancelled the updates, so only the host's counters and RNG need undoing.
+    pub fn settle(&mut self, wait: bool) -> Result<()> {
+        // The device runs at most this far behind before the host waits for it.
+        const MAX_PENDING: usize = 64;
+        loop {
+            let wait_now = wait || self.pending.len() > MAX_PENDING;
+            let Some(front) = self.pending.front() else { return Ok(()) };
+            let Some(host) = front.loss.get(wait_now)? else { return Ok(()) };
+            let loss = host.f_double_value(&[])?;
+            let entry = self.pending.pop_front().expect("front exists");
+            if loss.is_finite() {
+                continue;
+            }
+            if self.config.on_nonfinite == "skip" {
+                if entry.window != self.counted_window {
+                    self.counted_window = entry.window;
+                    self.skipped_steps += 1;
+                    if self.windows > entry.window {
+                        self.step -= 1;
+                    } else {
+                        self.skip_window = true;
+                    }
+                }
+                continue;
+            }
+            let cancelled = self.pending.len();
+            self.pending.clear();
+            self.step = entry.step;
+            self.micro_step = 0;
+            self.windows = entry.window;
+            self.skip_window = false;
+            if let (Some(a), Some(rng)) = (self.augment.as_mut(), entry.rng) {
+                a.rng = rng;
+            }
+            let _guard = tch::no_grad_guard();
+            let _ = self.grads.flat.f_zero_()?;
+            if let Some(f) = &self.fault {
+                let _ = f.shallow_clone().f_zero_()?;
+            }
+            return Err(Error::NonFiniteLoss { loss, step: entry.step, cancelled });
+        }
+    }
+
+    /// The symmetrised loss (eq. 2 and the sum below it): L(p1, z'2) + L(p2, z'1).
+    fn losses(&self, f: &Projections) -> Result<Losses> {
+        let l12 = loss::byol_loss_forward(&f.p1, &f.t2, Variant::CosineSimilarity)?;
+        let l21 = loss::byol_loss_forward(&f.p2, &f.t1, Variant::CosineSimilarity)?;
+        let sum = l12.loss.f_add(&l21.loss)?;
+        Ok(Losses { l12, l21, sum })
+    }
+
+    /// The analytic dL/dp, scaled for accumulation (and fp16's loss scale), pushed through
+    /// autograd into the flat gradient buffer.
+    fn backward(&self, f: &Projections, l: &Losses) -> Result<()> {
+        // A fill on the device, not a host-to-device copy (which would synchronise).
+        let scale = Tensor::f_full([], self.loss_scale / self.config.accumulate as f64, (Kind::Float, self.device))?;
+        let g1 = loss::byol_loss_backward(&scale, &f.p1, &f.t2, &l.l12.saved)?;
+        let g2 = loss::byol_loss_backward(&scale, &f.p2, &f.t1, &l.l21.saved)?;
+        let surrogate = (&f.p1 * g1).f_sum(Kind::Float)? + (&f.p2 * g2).f_sum(Kind::Float)?;
+        Ok(surrogate.f_backward()?)
+    }
+
+    /// The optimizer, then the EMA, then the gradients cleared for the next window.
+    fn update(&mut self, lr: f64, tau: f64) -> Result<()> {
+        self.optimizer.step(&self.params, &self.grads, lr, self.step + 1)?;
+        self.ema(tau, self.config.ema_bn_stats)?;
+        let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
+        self.micro_step = 0;
+        Ok(())
     }
 
     /// Both branches on both views, returned in fp32. bf16 / fp16 run under autocast.
@@ -360,7 +566,7 @@ impl Learner {
 
     /// Eval-mode backbone features, without gradients.
     pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
-        self.check_images(images, "x")?;
+        self.check_images(images, "x", true)?;
         let x = self.layout(images)?;
         Ok(tch::no_grad(|| self.online.backbone.forward_t(&x, false)).f_contiguous()?)
     }
@@ -368,13 +574,15 @@ impl Learner {
     /// fp32 on the learner's device, NHWC in memory where that is faster.
     fn layout(&self, images: &Tensor) -> Result<Tensor> {
         let x = images.f_to_kind(Kind::Float)?;
-        if self.config.channels_last && self.device == Device::Cpu {
+        // cuDNN's tensor-core convolutions are NHWC; on CPU it is the user's choice.
+        if self.device.is_cuda() || self.config.channels_last {
             return shim::channels_last(&x);
         }
         Ok(x)
     }
 
-    fn check_images(&self, x: &Tensor, arg: &str) -> Result<()> {
+    /// Shape, dtype and device; with `finite`, also no NaN or inf (which reads the device).
+    fn check_images(&self, x: &Tensor, arg: &str, finite: bool) -> Result<()> {
         let size = x.size();
         if size.len() != 4 {
             return Err(value_error(arg, format!("expected a 4-D [batch, channels, height, width] tensor, got shape {size:?}")));
@@ -391,7 +599,7 @@ impl Learner {
         if x.device() != self.device {
             return Err(value_error(arg, format!("is on {:?} but the learner is on {:?}", x.device(), self.device)));
         }
-        if !bool::try_from(x.f_isfinite()?.f_all()?)? {
+        if finite && !bool::try_from(x.f_isfinite()?.f_all()?)? {
             return Err(value_error(arg, "contains NaN or infinite values"));
         }
         Ok(())

@@ -249,10 +249,16 @@ class Bench:
         def foreach_lerp():
             torch._foreach_lerp_(target, online, 1 - tau)
 
+        # The same flat buffers the engine's row uses, through PyTorch's two kernels.
+        whole_t, whole_o = ft[0]._base, fo[0]._base
+        assert whole_t is not None and whole_t.numel() == n
+
         cases = {
             "per-parameter loop (solo-learn)": lambda: ema_loop(target, online, tau),
             "foreach mul+add (lightly)": lambda: ema_foreach(target, online, tau),
             "torch._foreach_lerp_": foreach_lerp,
+            "torch.lerp_ on one flat buffer": lambda: whole_t.lerp_(whole_o, 1 - tau),
+            "torch._foreach_lerp_ on one flat buffer": lambda: torch._foreach_lerp_([whole_t], [whole_o], 1 - tau),
             "byol_rs.ema_update_, separate tensors": lambda: byol_rs.ema_update_(target, online, tau),
             "byol_rs.ema_update_, flat-buffer views (engine layout)": lambda: byol_rs.ema_update_(ft, fo, tau),
         }
@@ -415,9 +421,13 @@ class Bench:
                     self.free()
                 print(f"  {c['name']:<26} {label:<26} {fmt_step(res[label])}", flush=True)
 
-            def torch_side(dtype):
+            def torch_side(dtype, channels_last=False):
                 def make():
                     model = torch_byol(c).to(self.dev)
+                    if channels_last:
+                        model = model.to(memory_format=torch.channels_last)
+                        x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (v1, v2))
+                        return (lambda: torch_step_autocast(model, x1, x2, dtype)), model
                     if dtype is None:
                         return (lambda: model.step(v1, v2)), model
                     return (lambda: torch_step_autocast(model, v1, v2, dtype)), model
@@ -433,10 +443,15 @@ class Bench:
             measure("byol_rs fp32", ours_side("fp32"))
             measure("byol_rs bf16", ours_side("bf16"))
             measure("pytorch bf16 autocast", torch_side(torch.bfloat16))
+            if self.cuda:  # not the target's reference: the same PyTorch step tuned by hand
+                measure("pytorch bf16 channels_last", torch_side(torch.bfloat16, channels_last=True))
             for prec in ("fp32", "bf16"):
                 a, b = res.get(f"byol_rs {prec}", {}), res.get(f"pytorch {prec}" if prec == "fp32" else "pytorch bf16 autocast", {})
                 if a.get("status") == "ok" and b.get("status") == "ok":
                     res[f"speedup_{prec}"] = b["median_ms"] / a["median_ms"]
+            a, b = res.get("byol_rs bf16", {}), res.get("pytorch bf16 channels_last", {})
+            if a.get("status") == "ok" and b.get("status") == "ok":
+                res["speedup_bf16_vs_channels_last"] = b["median_ms"] / a["median_ms"]
             del v1, v2
         return out
 
@@ -577,6 +592,10 @@ class Bench:
                 a, b = res_c.get(ours_k, {}), res_c.get(ref_k, {})
                 ratio = res_c.get(f"speedup_{prec}")
                 lines.append(f"| step {name} {prec} img/s | {fmt_step(a)} | {fmt_step(b)} | {f'{ratio:.2f}x' if ratio else '-'} |")
+            if "pytorch bf16 channels_last" in res_c:
+                ratio = res_c.get("speedup_bf16_vs_channels_last")
+                lines.append(f"| step {name} bf16 img/s vs PyTorch hand-tuned NHWC | {fmt_step(res_c.get('byol_rs bf16', {}))} "
+                             f"| {fmt_step(res_c['pytorch bf16 channels_last'])} | {f'{ratio:.2f}x' if ratio else '-'} |")
         hs = sec.get("host_sync", {})
         if hs.get("status") == "ok":
             o, r = hs["byol_rs"], hs["pytorch reference"]

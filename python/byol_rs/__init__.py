@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
 )
 from .augment import Augment  # noqa: E402
 from .learner import BYOL  # noqa: E402
+from .metrics import StepMetrics  # noqa: E402
 from . import functional  # noqa: E402
 from . import nn  # noqa: E402
 from .kernels import (  # noqa: E402
@@ -43,6 +44,7 @@ from .kernels import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "StepMetrics",
     "Augment",
     "BYOL",
     "ByolError",

@@ -12,6 +12,7 @@ from . import _core
 from .augment import Augment
 from .distributed import group_spec
 from .errors import ByolTypeError, ByolValueError
+from .metrics import StepMetrics
 
 _TYPES = {
     "backbone": str, "in_channels": int, "small_image": bool, "projector_hidden": int,
@@ -19,7 +20,7 @@ _TYPES = {
     "batch_size": (int, type(None)), "weight_decay": float, "optimizer_momentum": float, "eta": float,
     "betas": tuple, "adam_eps": float, "total_steps": int, "warmup_steps": int, "final_lr": float,
     "tau_base": float, "tau_final": float, "momentum": bool, "accumulate": int, "ema_bn_stats": bool,
-    "on_nonfinite": str, "precision": str, "loss_scale": float, "loss_scale_growth_interval": int, "device": str, "seed": int, "channels_last": bool,
+    "on_nonfinite": str, "nonfinite_check": str, "precision": str, "loss_scale": float, "loss_scale_growth_interval": int, "device": str, "seed": int, "channels_last": bool,
     "allow_unsafe": bool, "preset": (str, type(None)), "steps_per_epoch": (int, type(None)),
 }
 
@@ -67,6 +68,13 @@ class BYOL:
     whose gradients overflow is skipped (``updated`` False, nothing changed) and halves it, and
     ``loss_scale_growth_interval`` good updates in a row double it. The scale is saved.
 
+    ``nonfinite_check="auto"`` (default): on CUDA the step never waits for the GPU; the loss is
+    checked on the device, a non-finite one cancels its update there, and the error or the
+    skip is registered by a later call (see :meth:`step`). ``"immediate"`` reads the loss back
+    in every step and refuses at once (the behaviour on CPU, with fp16 and when distributed);
+    ``"deferred"`` forces the device-side check on any device. On CUDA the convolutions run
+    NHWC (channels_last), cuDNN's tensor-core layout; ``channels_last`` chooses it on CPU.
+
     ``ema_bn_stats=False`` (default): the target runs in training mode with its own BN batch
     statistics, as in the official code, where the target's running statistics are never used;
     ``True`` makes its running statistics an EMA of the online ones, for using the target in
@@ -105,6 +113,7 @@ class BYOL:
         accumulate: int = 1,
         ema_bn_stats: bool = False,
         on_nonfinite: str = "raise",
+        nonfinite_check: str = "auto",
         precision: str = "fp32",
         loss_scale: float = 65536.0,
         loss_scale_growth_interval: int = 2000,
@@ -134,20 +143,31 @@ class BYOL:
         self._layout = "auto"
         return self
 
-    def step(self, view1: torch.Tensor, view2: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    def step(self, view1: torch.Tensor, view2: Optional[torch.Tensor] = None) -> StepMetrics:
         """One BYOL step on two augmented views ``[N, C, H, W]`` (float, normalised), or,
         with one argument, on a raw batch that the learner's ``augment`` pipeline turns into
         two views (its RNG state is saved with the learner).
 
         Online forward on each view separately, target forward under no_grad, the
         symmetrised loss, backward, the optimizer update and the EMA, all in Rust with the
-        GIL released. Returns ``loss, lr, tau, step, z_std, updated, skipped_steps, loss_scale``.
+        GIL released. Returns a :class:`StepMetrics` mapping ``loss, lr, tau, step, z_std,
+        updated, skipped_steps, loss_scale``.
+
         A non-finite loss raises :class:`NonFiniteLossError` and changes nothing
-        (``on_nonfinite="skip"`` counts it instead).
+        (``on_nonfinite="skip"`` counts it instead). On CPU (and with fp16 or several ranks)
+        that happens in the same call. On CUDA the step never waits for the GPU: the check
+        runs on the device, which cancels the failing update and every update after it, and
+        the error is raised by the first later call that learns of it (``step``, ``sync``,
+        ``save``, ``step_count``), with the learner put back to before the failing step.
         """
         if view2 is None:
-            return self._engine.step_images(view1, self._layout)
-        return self._engine.step(view1, view2)
+            return StepMetrics(self._engine.step_images(view1, self._layout))
+        return StepMetrics(self._engine.step(view1, view2))
+
+    def sync(self) -> None:
+        """Waits for the device to finish every step so far and raises the deferred
+        :class:`NonFiniteLossError` of a failed one, if any. A no-op on CPU."""
+        self._engine.sync()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eval-mode backbone features ``[N, feature_dim]`` without gradients."""

@@ -76,7 +76,7 @@ pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tens
 /// Host values to a `[len]` float tensor on `device`.
 fn factors(values: impl IntoIterator<Item = f64>, device: Device) -> Result<Tensor> {
     let v: Vec<f32> = values.into_iter().map(|x| x as f32).collect();
-    Ok(Tensor::from_slice(&v).f_to_device(device)?)
+    crate::shim::upload(&Tensor::from_slice(&v), device)
 }
 
 /// Applies `op` to the images at `rows` only, in place. Skips work when no row is selected.
@@ -88,7 +88,7 @@ fn on_rows(x: &mut Tensor, rows: &[i64], op: impl FnOnce(&Tensor) -> Result<Tens
         *x = op(x)?;
         return Ok(());
     }
-    let idx = Tensor::from_slice(rows).f_to_device(x.device())?;
+    let idx = crate::shim::upload(&Tensor::from_slice(rows), x.device())?;
     let out = op(&x.f_index_select(0, &idx)?)?;
     let _ = x.f_index_copy_(0, &idx, &out)?;
     Ok(())

@@ -121,7 +121,8 @@ fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Result<Tensor> {
     let t = sxf.f_add(&one_minus_s)?.f_mul(v)?.f_clamp(0.0, 1.0)?;
     let p = one_minus_s.f_mul(v)?.f_clamp(0.0, 1.0)?;
     let vpqt = Tensor::f_stack(&[v.shallow_clone(), p, q, t], 1)?;
-    let select = Tensor::from_slice(&[0i64, 2, 1, 1, 3, 0, 3, 0, 0, 2, 1, 1, 1, 1, 3, 0, 0, 2]).f_view([3, 6])?.f_to_device(h.device())?;
+    let select = Tensor::from_slice(&[0i64, 2, 1, 1, 3, 0, 3, 0, 0, 2, 1, 1, 1, 1, 3, 0, 0, 2]).f_view([3, 6])?;
+    let select = crate::shim::upload(&select, h.device())?;
     // select[:, i] is [3, N, H, W]; move the channel axis to 1.
     let idx = select.f_index_select(1, &i.f_flatten(0, -1)?)?.f_view([3, i.size()[0], i.size()[1], i.size()[2]])?.f_permute([1, 0, 2, 3])?;
     Ok(vpqt.f_gather(1, &idx, false)?)

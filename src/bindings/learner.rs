@@ -2,7 +2,7 @@
 use super::errors::run;
 use crate::checkpoint;
 use crate::config::LearnerConfig;
-use crate::train::{Learner, StepMetrics};
+use crate::train::{Learner, Reading as StepReading, StepMetrics};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
@@ -48,13 +48,22 @@ impl Collective for PyCollective {
 #[pyclass(name = "Learner", module = "byol_rs._core")]
 pub struct PyLearner(Mutex<Learner>);
 
-fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, PyDict>> {
+/// A metric still on the device goes to Python as a 0-d tensor; `byol_rs.StepMetrics` reads it
+/// on first access, so that the step itself never waits for the device.
+fn reading<'py>(py: Python<'py>, r: StepReading) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match r {
+        StepReading::Host(v) => v.into_pyobject(py)?.into_any(),
+        StepReading::Device(t) => PyTensor(t).into_pyobject(py)?.into_any(),
+    })
+}
+
+fn metrics_dict(py: Python<'_>, m: StepMetrics) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("loss", m.loss)?;
+    d.set_item("loss", reading(py, m.loss)?)?;
     d.set_item("lr", m.lr)?;
     d.set_item("tau", m.tau)?;
     d.set_item("step", m.step)?;
-    d.set_item("z_std", m.z_std)?;
+    d.set_item("z_std", reading(py, m.z_std)?)?;
     d.set_item("updated", m.updated)?;
     d.set_item("skipped_steps", m.skipped_steps)?;
     d.set_item("loss_scale", m.loss_scale)?;
@@ -97,7 +106,7 @@ impl PyLearner {
     fn step<'py>(&self, py: Python<'py>, view1: PyTensor, view2: PyTensor) -> PyResult<Bound<'py, PyDict>> {
         let (v1, v2) = (view1.0, view2.0);
         let m = run(py, move || self.with(|l| l.step(&v1, &v2)))?;
-        metrics_dict(py, &m)
+        metrics_dict(py, m)
     }
 
     /// Augments `images` with the learner's pipeline, then steps.
@@ -105,7 +114,7 @@ impl PyLearner {
     fn step_images<'py>(&self, py: Python<'py>, images: PyTensor, layout: &str) -> PyResult<Bound<'py, PyDict>> {
         let (images, layout) = (images.0, layout.to_string());
         let m = run(py, move || self.with(|l| l.step_images(&images, crate::augment::Layout::parse(&layout)?)))?;
-        metrics_dict(py, &m)
+        metrics_dict(py, m)
     }
 
     /// Eval-mode backbone features of `x`.
@@ -150,18 +159,25 @@ impl PyLearner {
         self.with(|l| l.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size())))
     }
 
+    /// Updates done so far; waits for the device's pending checks first.
     #[getter]
-    fn step_count(&self) -> i64 {
-        self.with(|l| l.step)
+    fn step_count(&self, py: Python<'_>) -> PyResult<i64> {
+        run(py, || self.with(|l| l.settle(true).map(|_| l.step)))
     }
 
     #[getter]
-    fn skipped_steps(&self) -> i64 {
-        self.with(|l| l.skipped_steps)
+    fn skipped_steps(&self, py: Python<'_>) -> PyResult<i64> {
+        run(py, || self.with(|l| l.settle(true).map(|_| l.skipped_steps)))
+    }
+
+    /// Waits until the device has checked every step so far; raises the pending non-finite
+    /// loss error, if any.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        run(py, || self.with(|l| l.settle(true)))
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        run(py, || self.with(|l| checkpoint::save(l, &path)))
+        run(py, || self.with(|l| l.settle(true).and_then(|_| checkpoint::save(l, &path))))
     }
 
     #[staticmethod]

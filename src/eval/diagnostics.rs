@@ -5,10 +5,15 @@ use tch::{Kind, Tensor};
 /// Mean over dimensions of the std over samples of the l2-normalised embeddings
 /// (solo-learn's z_std): 1/sqrt(D) for well-spread embeddings, 0 at collapse.
 pub fn z_std(z: &Tensor) -> Result<f64> {
+    Ok(z_std_on_device(z)?.double_value(&[]))
+}
+
+/// `z_std` as a 0-d float tensor on `z`'s device: no host synchronisation.
+pub fn z_std_on_device(z: &Tensor) -> Result<Tensor> {
     check(z)?;
     let z = z.f_to_kind(Kind::Float)?;
     let zn = z.f_div(&z.f_norm_scalaropt_dim(2, [1], true)?.f_clamp_min(1e-12)?)?;
-    Ok(zn.f_std_dim(Some([0i64].as_slice()), true, false)?.f_mean(Kind::Float)?.double_value(&[]))
+    Ok(zn.f_std_dim(Some([0i64].as_slice()), true, false)?.f_mean(Kind::Float)?)
 }
 
 /// Effective rank (Roy & Vetterli 2007; RankMe, Garrido et al. 2023): exp of the entropy of

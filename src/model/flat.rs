@@ -12,8 +12,10 @@ pub struct FlatTensors {
 }
 
 impl FlatTensors {
-    /// Moves each tensor's data into one new buffer and points the tensor at its slice.
-    pub fn adopt(named: Vec<(String, Tensor)>, kind: Kind, device: Device) -> Result<Self> {
+    /// Moves each tensor's data into one new buffer and points the tensor at its slice. With
+    /// `nhwc`, 4-D tensors (convolution weights) are laid out channels_last within their slice,
+    /// which cuDNN's NHWC kernels read without a conversion.
+    pub fn adopt(named: Vec<(String, Tensor)>, kind: Kind, device: Device, nhwc: bool) -> Result<Self> {
         let total: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
         let flat = Tensor::f_zeros([total], (kind, device))?;
         let _guard = tch::no_grad_guard();
@@ -21,7 +23,11 @@ impl FlatTensors {
         let (mut names, mut views) = (vec![], vec![]);
         for (name, mut t) in named {
             let n = t.numel() as i64;
-            let mut view = flat.f_narrow(0, at, n)?.f_view(t.size().as_slice())?;
+            let slice = flat.f_narrow(0, at, n)?;
+            let mut view = match t.size()[..] {
+                [o, c, h, w] if nhwc => slice.f_view([o, h, w, c])?.f_permute([0, 3, 1, 2])?,
+                _ => slice.f_view(t.size().as_slice())?,
+            };
             view.f_copy_(&t)?;
             t.set_data(&view);
             at += n;
@@ -38,7 +44,7 @@ impl FlatTensors {
         let mut views = vec![];
         for v in &self.views {
             let n = v.numel() as i64;
-            views.push(flat.f_narrow(0, at, n)?.f_view(v.size().as_slice())?);
+            views.push(flat.f_as_strided(v.size().as_slice(), v.stride().as_slice(), at)?);
             at += n;
         }
         Ok(Self { names: self.names.clone(), views, flat })

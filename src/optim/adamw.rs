@@ -11,16 +11,18 @@ pub struct AdamW {
     eps: f64,
     exp_avg: FlatTensors,
     exp_avg_sq: FlatTensors,
+    excluded: Vec<bool>,
 }
 
 impl AdamW {
-    pub fn new(params: &FlatTensors, weight_decay: f64, betas: (f64, f64), eps: f64) -> Result<Self> {
-        Ok(Self { weight_decay, betas, eps, exp_avg: params.zeros_like()?, exp_avg_sq: params.zeros_like()? })
+    pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, betas: (f64, f64), eps: f64) -> Result<Self> {
+        let (exp_avg, exp_avg_sq) = (params.zeros_like()?, params.zeros_like()?);
+        Ok(Self { weight_decay, betas, eps, exp_avg, exp_avg_sq, excluded: excluded.to_vec() })
     }
 }
 
 impl Optimizer for AdamW {
-    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, excluded: &[bool], lr: f64, t: i64) -> Result<()> {
+    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, lr: f64, t: i64) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let (b1, b2) = self.betas;
         let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
@@ -29,7 +31,7 @@ impl Optimizer for AdamW {
         // Moments are elementwise: one kernel each over the flat buffers.
         let _ = m_all.f_mul_scalar_(b1)?.f_add_(&(&grads.flat * (1.0 - b1)))?;
         let _ = v_all.f_mul_scalar_(b2)?.f_add_(&(grads.flat.f_square()? * (1.0 - b2)))?;
-        for (w, &skip) in params.views.iter().zip(excluded) {
+        for (w, &skip) in params.views.iter().zip(&self.excluded) {
             if !skip {
                 let mut w = w.shallow_clone();
                 let _ = w.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
@@ -45,5 +47,9 @@ impl Optimizer for AdamW {
         let mut s = named_state("exp_avg", &self.exp_avg);
         s.extend(named_state("exp_avg_sq", &self.exp_avg_sq));
         s
+    }
+
+    fn flat_state(&self) -> Vec<Tensor> {
+        vec![self.exp_avg.flat.shallow_clone(), self.exp_avg_sq.flat.shallow_clone()]
     }
 }

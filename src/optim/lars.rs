@@ -2,52 +2,80 @@
 //! (byol/utils/optimizers.py): add weight decay, scale by the trust ratio
 //! `eta * |w| / |g|` (1 where either norm is 0), momentum `m = mu * m + g`, then `w -= lr * m`.
 //! With no `eta` it is SGD with momentum and decoupled-from-nothing L2 decay, as torch.optim.SGD.
+//!
+//! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are spread
+//! over each parameter's span with `repeat_interleave`, and all norms come from one
+//! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
 use super::{named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
+use crate::shim;
 use tch::Tensor;
 
 pub struct Lars {
-    weight_decay: f64,
     momentum: f64,
     eta: Option<f64>,
     buffers: FlatTensors,
+    /// Each parameter's weight decay (0 for excluded ones), spread over the flat buffer.
+    decay: Tensor,
+    /// Per parameter: its element count, and whether LARS adapts it.
+    spans: Tensor,
+    adapted: Tensor,
 }
 
 impl Lars {
-    pub fn new(params: &FlatTensors, weight_decay: f64, momentum: f64, eta: Option<f64>) -> Result<Self> {
-        Ok(Self { weight_decay, momentum, eta, buffers: params.zeros_like()? })
+    pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, momentum: f64, eta: Option<f64>) -> Result<Self> {
+        let device = params.flat.device();
+        let spans = Tensor::from_slice(&params.views.iter().map(|v| v.numel() as i64).collect::<Vec<_>>()).f_to_device(device)?;
+        let adapted = Tensor::from_slice(&excluded.iter().map(|&e| !e).collect::<Vec<_>>()).f_to_device(device)?;
+        let per_param = adapted.f_to_kind(params.flat.kind())?.f_mul_scalar(weight_decay)?;
+        let decay = spread(&per_param, &spans, params.numel())?;
+        Ok(Self { momentum, eta, buffers: params.zeros_like()?, decay, spans, adapted })
     }
 }
 
-/// `eta * |w| / |g|`, with 1 where either norm is zero; stays on the device.
-fn trust_ratio(w: &Tensor, g: &Tensor, eta: f64) -> Result<Tensor> {
-    let (wn, gn) = (w.f_norm()?, g.f_norm()?);
-    let one = wn.f_ones_like()?;
-    let ratio = (&wn * eta).f_div(&gn)?;
-    Ok(ratio.f_where_self(&gn.f_gt(0.0)?, &one)?.f_where_self(&wn.f_gt(0.0)?, &one)?)
+/// `values[i]` repeated over parameter i's span of the flat buffer; `total` is given so that
+/// CUDA need not read the spans back.
+fn spread(values: &Tensor, spans: &Tensor, total: i64) -> Result<Tensor> {
+    Ok(values.f_repeat_interleave_self_tensor(spans, 0, total)?)
+}
+
+/// Per-parameter views of a flat buffer laid out like `like`.
+fn views_of(flat: &Tensor, like: &FlatTensors) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(like.views.len());
+    for v in &like.views {
+        let n = v.numel() as i64;
+        out.push(flat.f_narrow(0, at, n)?);
+        at += n;
+    }
+    Ok(out)
 }
 
 impl Optimizer for Lars {
-    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, excluded: &[bool], lr: f64, _t: i64) -> Result<()> {
+    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, lr: f64, _t: i64) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        for (((w, g), m), &skip) in params.views.iter().zip(&grads.views).zip(&self.buffers.views).zip(excluded) {
-            let mut g = g.shallow_clone();
-            if !skip {
-                g = g.f_add(&(w * self.weight_decay))?;
-                if let Some(eta) = self.eta {
-                    g = g.f_mul(&trust_ratio(w, &g, eta)?)?;
-                }
-            }
-            let mut m = m.shallow_clone();
-            let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
-            let mut w = w.shallow_clone();
-            let _ = w.f_sub_(&(&m * lr))?;
+        let w = &params.flat;
+        let mut g = grads.flat.f_add(&w.f_mul(&self.decay)?)?;
+        if let Some(eta) = self.eta {
+            let wn = shim::foreach_norm(&views_of(w, params)?)?;
+            let gn = shim::foreach_norm(&views_of(&g, params)?)?;
+            let one = wn.f_ones_like()?;
+            let usable = self.adapted.f_logical_and(&wn.f_gt(0.0)?)?.f_logical_and(&gn.f_gt(0.0)?)?;
+            let ratio = (&wn * eta).f_div(&gn)?.f_where_self(&usable, &one)?.f_to_kind(g.kind())?;
+            g = g.f_mul_(&spread(&ratio, &self.spans, params.numel())?)?;
         }
+        let mut m = self.buffers.flat.shallow_clone();
+        let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
+        let _ = w.shallow_clone().f_sub_(&(&m * lr))?;
         Ok(())
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
         named_state("momentum_buffer", &self.buffers)
+    }
+
+    fn flat_state(&self) -> Vec<Tensor> {
+        vec![self.buffers.flat.shallow_clone()]
     }
 }

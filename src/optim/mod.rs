@@ -31,15 +31,17 @@ impl Default for OptimConfig {
 }
 
 pub trait Optimizer: Send {
-    /// Updates `params` in place from `grads` at learning rate `lr`. `excluded[i]` marks biases
-    /// and BN parameters, which get neither weight decay nor LARS adaptation. `t` counts
-    /// updates from 1.
-    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, excluded: &[bool], lr: f64, t: i64) -> Result<()>;
+    /// Updates `params` in place from `grads` at learning rate `lr`. `t` counts updates from 1.
+    fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, lr: f64, t: i64) -> Result<()>;
     /// The state as named views (`<param>.<slot>`), for checkpoints and inspection.
     fn state(&self) -> Vec<(String, Tensor)>;
+    /// The state's flat buffers, which a cancelled update restores.
+    fn flat_state(&self) -> Vec<Tensor>;
 }
 
-pub fn build(cfg: &OptimConfig, params: &FlatTensors) -> Result<Box<dyn Optimizer>> {
+/// `excluded[i]` marks biases and BN parameters, which get neither weight decay nor LARS
+/// adaptation.
+pub fn build(cfg: &OptimConfig, params: &FlatTensors, excluded: &[bool]) -> Result<Box<dyn Optimizer>> {
     if !(cfg.weight_decay >= 0.0) {
         return Err(value_error("weight_decay", format!("must be >= 0, got {}", cfg.weight_decay)));
     }
@@ -51,15 +53,15 @@ pub fn build(cfg: &OptimConfig, params: &FlatTensors) -> Result<Box<dyn Optimize
             if !(cfg.eta > 0.0) {
                 return Err(value_error("eta", format!("must be > 0, got {}", cfg.eta)));
             }
-            Ok(Box::new(Lars::new(params, cfg.weight_decay, cfg.momentum, Some(cfg.eta))?))
+            Ok(Box::new(Lars::new(params, excluded, cfg.weight_decay, cfg.momentum, Some(cfg.eta))?))
         }
-        "sgd" => Ok(Box::new(Lars::new(params, cfg.weight_decay, cfg.momentum, None)?)),
+        "sgd" => Ok(Box::new(Lars::new(params, excluded, cfg.weight_decay, cfg.momentum, None)?)),
         "adamw" => {
             let (b1, b2) = cfg.betas;
             if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
                 return Err(value_error("betas", format!("both must lie in [0, 1), got {:?}", cfg.betas)));
             }
-            Ok(Box::new(AdamW::new(params, cfg.weight_decay, cfg.betas, cfg.eps)?))
+            Ok(Box::new(AdamW::new(params, excluded, cfg.weight_decay, cfg.betas, cfg.eps)?))
         }
         other => Err(value_error("optimizer", format!("expected lars, sgd or adamw; got {other:?}"))),
     }

@@ -2,7 +2,9 @@
 // them as a heap string (null on success), so that no exception crosses into Rust.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <cstring>
 #include <stdexcept>
@@ -118,6 +120,73 @@ char *byol_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
     at::autocast::set_autocast_enabled(device, prev_enabled != 0);
     at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+// out = stack(|t_i|_2): every tensor's l2 norm in one multi-tensor kernel on CUDA.
+char *byol_foreach_norm(at::Tensor **tensors, size_t n, at::Tensor **out) {
+  try {
+    c10::NoGradGuard no_grad;
+    *out = new at::Tensor(at::stack(at::_foreach_norm(collect(tensors, n), 2)));
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+// Starts copying `t` to pinned host memory without waiting, and records an event after the
+// copy on the current stream: once the event has happened, `*host` holds the value. On the
+// CPU the copy is immediate and `*event` is null.
+char *byol_host_copy_start(at::Tensor *t, at::Tensor **host, c10::Event **event) {
+  try {
+    *event = nullptr;
+    if (!t->is_cuda()) {
+      *host = new at::Tensor(t->clone());
+      return nullptr;
+    }
+    auto pinned = at::empty(t->sizes(), t->options().device(at::kCPU).pinned_memory(true));
+    pinned.copy_(*t, /*non_blocking=*/true);
+    c10::impl::VirtualGuardImpl impl(t->device().type());
+    auto ev = std::make_unique<c10::Event>(t->device().type());
+    ev->record(impl.getStream(t->device()));
+    *host = new at::Tensor(pinned);
+    *event = ev.release();
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+// Whether the event has happened; never waits. `wait` nonzero blocks until it has.
+char *byol_event_ready(c10::Event *event, int wait, int *ready) {
+  try {
+    if (event == nullptr) {
+      *ready = 1;
+      return nullptr;
+    }
+    if (wait) event->synchronize();
+    *ready = event->query() ? 1 : 0;
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
+void byol_event_free(c10::Event *event) { delete event; }
+
+// A host tensor on CUDA device `cuda_index` (or the CPU for -1) without waiting: staged in
+// pinned memory, whose allocator keeps it alive until the copy has run.
+char *byol_upload(at::Tensor *t, int64_t cuda_index, at::Tensor **out) {
+  try {
+    if (cuda_index < 0) {
+      *out = new at::Tensor(*t);
+      return nullptr;
+    }
+    auto device = c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index));
+    *out = new at::Tensor(t->pin_memory().to(device, /*non_blocking=*/true));
     return nullptr;
   } catch (const std::exception &ex) {
     return error_string(ex.what());

@@ -168,10 +168,13 @@ def test_engine_step_on_cuda_matches_cpu_fp32(no_tf32):
         for k in want:
             assert got[k].device.type == DEVICE
             torch.testing.assert_close(got[k].detach().cpu(), want[k].detach(), rtol=1e-4, atol=1e-6, msg=lambda m: f"{kind}:{k}: {m}")
+    # Relative to each buffer, plus 1e-5 of the largest: a bias just before BN has a gradient
+    # that is zero in exact arithmetic, so its buffer is rounding noise (~1e-7) on both devices.
     want, got = cpu.optimizer_state(), dev.optimizer_state()
+    largest = max(v.abs().max().item() for v in want.values())
     for k in want:
         scale = want[k].abs().max().item()
-        assert (got[k].cpu() - want[k]).abs().max().item() <= 1e-3 * scale + 1e-12, k
+        assert (got[k].cpu() - want[k]).abs().max().item() <= 1e-3 * scale + 1e-5 * largest, k
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -186,7 +189,17 @@ def test_engine_step_on_cuda_low_precision(precision):
     v1, v2 = (v.to(DEVICE) for v in step_views())
     want = reference.step(v1, v2)["loss"]
     got = learner.step(v1, v2)
-    assert got["step"] == 1 and abs(got["loss"] - want) <= 5e-2 * abs(want)
+    assert abs(got["loss"] - want) <= 5e-2 * abs(want)
+    # fp16 starts at a loss scale of 65536, which can overflow: such a call skips its update
+    # and halves the scale (as torch.amp.GradScaler does); the weights stay as they were.
+    scales = [got["loss_scale"]]
+    while not got["updated"]:
+        assert len(scales) < 20 and precision == "fp16"
+        got = learner.step(v1, v2)
+        scales.append(got["loss_scale"])
+        assert abs(got["loss"] - want) <= 5e-2 * abs(want)
+    assert got["step"] == 1
+    assert all(b == a / 2 for a, b in zip(scales, scales[1:-1])), scales
     assert all(torch.isfinite(p).all() for p in learner.named_parameters().values())
 
 
@@ -199,19 +212,27 @@ def test_engine_step_images_on_cuda_moves_the_batch():
     assert all(0 <= m["loss"] <= 8 for m in (m1, m2))
 
 
-@pytest.mark.xfail(strict=False, reason="the step synchronises: it returns the loss as a Python float "
-                   "(double_value in src/train.rs) and checks the views with a host-side isfinite().all()")
-def test_step_has_no_host_sync():
-    learner = convnet_learner(DEVICE)
-    v1, v2 = (v.to(DEVICE) for v in step_views())
-    learner.step(v1, v2)  # warm-up: cuDNN plans, allocator
+@pytest.mark.parametrize("precision,images", [("fp32", False), ("bf16", False), ("bf16", True)], ids=["fp32", "bf16", "bf16-augment"])
+def test_step_has_no_host_sync(precision, images):
+    """With the default nonfinite_check="auto", a CUDA step never waits for the device: no
+    loss read-back, no host-side isfinite, parameters uploaded from pinned memory."""
+    aug = dict(augment=byol_rs.Augment.small_image(28, seed=1)) if images else {}
+    learner = convnet_learner(DEVICE, precision, **aug)
+    if images:
+        x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, device=DEVICE)
+        args = (x,)
+    else:
+        args = tuple(v.to(DEVICE) for v in step_views())
+    learner.step(*args)  # warm-up: cuDNN plans, allocator
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        learner.step(v1, v2)
+        for _ in range(3):
+            metrics = learner.step(*args)
     except BaseException as e:  # a Rust panic surfaces as a BaseException; report it as a failure
         if isinstance(e, Exception):
             raise
         raise AssertionError(f"{type(e).__name__}: {e}") from None
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    assert metrics["step"] == 4 and 0 <= metrics["loss"] <= 8
