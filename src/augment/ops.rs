@@ -25,16 +25,23 @@ fn blend(a: &Tensor, b: &Tensor, ratio: &Tensor, one_minus: &Tensor) -> Result<T
 }
 
 /// Crops `boxes[n]` out of image n and resizes it to `size` (antialiased, align_corners=False).
+/// On CUDA the whole batch goes through two batched matrix products (`resized_crop_batched`);
+/// elsewhere one resampling kernel per image, which keeps the CPU's work proportional to the
+/// filter taps.
 pub fn resized_crop(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
-    let [n, c, height, width] = x.size()[..] else { unreachable!("checked 4-D") };
-    if boxes.len() as i64 != n {
-        return Err(value_error("boxes", format!("expected {n} boxes, one per image, got {}", boxes.len())));
+    if x.device().is_cuda() {
+        resized_crop_batched(x, boxes, size, bicubic)
+    } else {
+        resized_crop_per_image(x, boxes, size, bicubic)
     }
+}
+
+/// One ATen resampling kernel per image.
+pub fn resized_crop_per_image(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
+    check_boxes(x, boxes)?;
+    let [n, c, ..] = x.size()[..] else { unreachable!("checked 4-D") };
     let out = Tensor::f_empty([n, c, size.0, size.1], (x.kind(), x.device()))?;
     for (i, b) in boxes.iter().enumerate() {
-        if b.top < 0 || b.left < 0 || b.height < 1 || b.width < 1 || b.top + b.height > height || b.left + b.width > width {
-            return Err(value_error("boxes", format!("box {i} {b:?} is not inside a {height}x{width} image")));
-        }
         let crop = x.f_narrow(0, i as i64, 1)?.f_narrow(2, b.top, b.height)?.f_narrow(3, b.left, b.width)?;
         let mut dst = out.f_narrow(0, i as i64, 1)?;
         if (b.height, b.width) == size {
@@ -46,6 +53,68 @@ pub fn resized_crop(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bo
         }
     }
     Ok(out)
+}
+
+fn check_boxes(x: &Tensor, boxes: &[CropBox]) -> Result<()> {
+    let [n, _, height, width] = x.size()[..] else { unreachable!("checked 4-D") };
+    if boxes.len() as i64 != n {
+        return Err(value_error("boxes", format!("expected {n} boxes, one per image, got {}", boxes.len())));
+    }
+    for (i, b) in boxes.iter().enumerate() {
+        if b.top < 0 || b.left < 0 || b.height < 1 || b.width < 1 || b.top + b.height > height || b.left + b.width > width {
+            return Err(value_error("boxes", format!("box {i} {b:?} is not inside a {height}x{width} image")));
+        }
+    }
+    Ok(())
+}
+
+/// `resized_crop` for the whole batch at once: `out[n] = Wy[n] @ x[n] @ Wx[n]^T`, where row i
+/// of `Wy[n]` holds the antialiased filter taps of output row i over the image's rows (zero
+/// outside the crop). The taps are those of ATen's `_upsample_*2d_aa` kernels (PIL's), so the
+/// result matches the per-image path up to float rounding. No per-image kernel launches.
+pub fn resized_crop_batched(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
+    check_boxes(x, boxes)?;
+    let [_, _, height, width] = x.size()[..] else { unreachable!("checked 4-D") };
+    let column = |f: fn(&CropBox) -> i64| -> Result<Tensor> {
+        crate::shim::upload(&Tensor::from_slice(&boxes.iter().map(|b| f(b) as f32).collect::<Vec<_>>()), x.device())
+    };
+    let wy = filter_taps(&column(|b| b.top)?, &column(|b| b.height)?, height, size.0, bicubic)?;
+    let wx = filter_taps(&column(|b| b.left)?, &column(|b| b.width)?, width, size.1, bicubic)?;
+    let x = x.f_to_kind(Kind::Float)?;
+    let rows = wy.f_unsqueeze(1)?.f_matmul(&x)?; // [N, C, out_h, W]
+    Ok(rows.f_matmul(&wx.f_transpose(1, 2)?.f_unsqueeze(1)?)?)
+}
+
+/// `[N, out, in_size]`: for each image, the normalised taps of every output pixel over the
+/// input axis, for a crop starting at `start[n]` and `len[n]` long. Follows ATen's
+/// `_compute_indices_min_size_weights_aa`: centre `scale * (i + 0.5)`, support widened by the
+/// scale when downsampling, taps inside `[trunc(centre - support + 0.5), trunc(centre +
+/// support + 0.5))` clipped to the crop, then divided by their sum.
+fn filter_taps(start: &Tensor, len: &Tensor, in_size: i64, out: i64, bicubic: bool) -> Result<Tensor> {
+    let opts = (Kind::Float, start.device());
+    let scale = len.f_div_scalar(out as f64)?.f_view([-1, 1, 1])?; // [N, 1, 1]
+    let down = scale.f_ge(1.0)?;
+    let half_taps = if bicubic { 2.0 } else { 1.0 };
+    let support = scale.f_where_self(&down, &scale.f_ones_like()?)?.f_mul_scalar(half_taps)?;
+    let invscale = scale.f_reciprocal()?.f_where_self(&down, &scale.f_ones_like()?)?;
+    let centre = Tensor::f_arange(out, opts)?.f_add_scalar(0.5)?.f_view([1, -1, 1])?.f_mul(&scale)?; // [N, out, 1]
+    let j = Tensor::f_arange(in_size, opts)?.f_view([1, 1, -1])?.f_sub(&start.f_view([-1, 1, 1])?)?; // [N, 1, in]
+    let lo = centre.f_sub(&support)?.f_add_scalar(0.5)?.f_trunc()?.f_clamp_min(0.0)?;
+    let hi = centre.f_add(&support)?.f_add_scalar(0.5)?.f_trunc()?.f_minimum(&len.f_view([-1, 1, 1])?)?;
+    let inside = j.f_ge_tensor(&lo)?.f_logical_and(&j.f_lt_tensor(&hi)?)?;
+    let t = j.f_sub(&centre)?.f_add_scalar(0.5)?.f_mul(&invscale)?.f_abs()?;
+    let w = if bicubic {
+        // Keys' cubic with a = -0.5, as PIL and ATen's antialiased bicubic use.
+        let a = -0.5;
+        let near = t.f_mul_scalar(a + 2.0)?.f_sub_scalar(a + 3.0)?.f_mul(&t)?.f_mul(&t)?.f_add_scalar(1.0)?;
+        let far = t.f_sub_scalar(5.0)?.f_mul(&t)?.f_add_scalar(8.0)?.f_mul(&t)?.f_sub_scalar(4.0)?.f_mul_scalar(a)?;
+        let zero = t.f_zeros_like()?;
+        near.f_where_self(&t.f_lt(1.0)?, &far.f_where_self(&t.f_lt(2.0)?, &zero)?)?
+    } else {
+        t.f_neg()?.f_add_scalar(1.0)?.f_clamp_min(0.0)?
+    };
+    let w = w.f_mul(&inside)?;
+    Ok(w.f_div(&w.f_sum_dim_intlist([2i64].as_slice(), true, Kind::Float)?)?)
 }
 
 pub fn hflip(x: &Tensor) -> Result<Tensor> {

@@ -99,8 +99,8 @@ fn one_minus(f: &Tensor) -> Result<Tensor> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (images, boxes, size, interpolation="bilinear"))]
-fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i64), interpolation: &str) -> PyResult<PyTensor> {
+#[pyo3(signature = (images, boxes, size, interpolation="bilinear", batched=None))]
+fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i64), interpolation: &str, batched: Option<bool>) -> PyResult<PyTensor> {
     let (images, boxes, interpolation) = (images.0, boxes.0, interpolation.to_string());
     run(py, move || {
         let x = to_unit_nchw(&images, Layout::Nchw, false)?;
@@ -117,7 +117,11 @@ fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i
             "bicubic" => true,
             other => return Err(value_error("interpolation", format!("expected 'bilinear' or 'bicubic', got {other:?}"))),
         };
-        ops::resized_crop(&x, &boxes, size, bicubic)
+        match batched {
+            Some(true) => ops::resized_crop_batched(&x, &boxes, size, bicubic),
+            _ if batched.is_none() => ops::resized_crop(&x, &boxes, size, bicubic),
+            _ => ops::resized_crop_per_image(&x, &boxes, size, bicubic),
+        }
     })
     .map(PyTensor)
 }
