@@ -58,3 +58,30 @@ impl FlatTensors {
         self.names.iter().zip(&self.views)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhwc_views_keep_values_and_share_the_flat_buffer() {
+        let conv = Tensor::randn([4, 3, 2, 5], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        let named = vec![("w".to_string(), conv.copy()), ("b".to_string(), bias.copy())];
+        let flat = FlatTensors::adopt(named, Kind::Float, Device::Cpu, true).unwrap();
+        let w = &flat.views[0];
+        assert_eq!(w.size(), [4, 3, 2, 5]);
+        assert_eq!(w.stride(), [30, 1, 15, 3], "channels_last strides");
+        assert!(w.equal(&conv) && flat.views[1].equal(&bias));
+        // The slice holds the weight in NHWC order, followed by the bias.
+        let nhwc = conv.permute([0, 2, 3, 1]).contiguous().view([-1]);
+        assert!(flat.flat.narrow(0, 0, 120).equal(&nhwc));
+        assert!(flat.flat.narrow(0, 120, 4).equal(&bias));
+        // Buffers laid out like it (gradients, optimizer state) get the same strides.
+        let zeros = flat.zeros_like().unwrap();
+        assert_eq!(zeros.views[0].stride(), w.stride());
+        let _ = zeros.views[0].shallow_clone().fill_(1.0);
+        assert_eq!(zeros.flat.narrow(0, 0, 120).sum(Kind::Float).double_value(&[]), 120.0);
+        assert_eq!(zeros.flat.narrow(0, 120, 4).sum(Kind::Float).double_value(&[]), 0.0);
+    }
+}
