@@ -12,11 +12,32 @@ Augment.small_image overrides (view settings for both views). No periodic kNN, n
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
+import torch
+
 import byol_rs.trainer as trainer
 from byol_rs.augment import Augment
+
+
+def evaluate_target_weights(tr) -> dict:
+    """kNN / linear of the target (EMA) backbone's weights, with the online BN statistics (the
+    target's own running statistics are not kept by default)."""
+    online, target = tr.learner.named_parameters(), tr.learner.target_named_parameters()
+    keys = [k for k in target if k.startswith("backbone.")]
+    saved = {k: online[k].detach().clone() for k in keys}
+    with torch.no_grad():
+        for k in keys:
+            online[k].copy_(target[k])
+    try:
+        r = trainer.evaluate(tr.learner, tr.data, linear=True)
+    finally:
+        with torch.no_grad():
+            for k in keys:
+                online[k].copy_(saved[k])
+    return {"knn": r["knn"], "linear": r["linear"]}
 
 
 def main() -> None:
@@ -37,7 +58,8 @@ def main() -> None:
     tr.train()
     seconds = time.time() - t0
     r = trainer.evaluate(tr.learner, tr.data, linear=True)
-    print(json.dumps({"name": name, "epochs": round(tr.total_steps / tr.steps_per_epoch, 2), "steps": tr.total_steps,
+    target = evaluate_target_weights(tr) if os.environ.get("TUNE_TARGET") else None
+    print(json.dumps({"target": target, "name": name, "epochs": round(tr.total_steps / tr.steps_per_epoch, 2), "steps": tr.total_steps,
                       "over": over, "aug": aug_over, "train_s": round(seconds),
                       "img_s": round(tr.total_steps * cfg.batch_size / seconds), "knn": r["knn"], "linear": r["linear"]}))
 

@@ -404,10 +404,11 @@ impl Learner {
             keep_where(&fault, &saved_stats.0, &self.buffers.flat)?;
             keep_where(&fault, &saved_stats.1, &self.target_buffers.flat)?;
         }
+        // Queued before backward, so that a fault this call set is reported even if backward fails.
+        self.pending.push_back(PendingCheck { loss: check, step: self.step, window: self.windows, rng });
         if let Err(e) = self.backward(&f, &losses) {
             return self.roll_back(&saved_stats, true).and(Err(e));
         }
-        self.pending.push_back(PendingCheck { loss: check, step: self.step, window: self.windows, rng });
         self.micro_step += 1;
         let updated = self.micro_step == self.config.accumulate;
         if updated {
