@@ -7,7 +7,7 @@ per-sample parameters are ``[N]`` tensors. Each op equals the matching
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -16,17 +16,19 @@ from .errors import ByolTypeError
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: "int | Tuple[int, int]",
-                 interpolation: str = "bilinear", batched: Optional[bool] = None) -> torch.Tensor:
+                 interpolation: str = "bilinear", method: str = "auto") -> torch.Tensor:
     """Crops ``boxes[n] = (top, left, height, width)`` from image n and resizes it to ``size``
     (antialiased, like ``v2.functional.resized_crop``).
 
-    ``batched=True`` resamples the whole batch with two batched matrix products (the same
-    filter taps, summed in another order), which is what CUDA uses by default: no kernel per
-    image. ``False`` runs ATen's resampling kernel image by image (the CPU's default)."""
+    ``method`` picks how, all with the same filter taps (so the same result up to float
+    rounding): ``"matmul"``, two batched matrix products for the whole batch (CUDA's default,
+    no kernel per image); ``"cpu"``, byol-rs's own separable kernel image by image (the CPU's
+    default); ``"aten"``, ATen's antialiased resampling once per image (what torchvision runs);
+    ``"auto"``, the device's default."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if isinstance(boxes, torch.Tensor) and boxes.is_floating_point():
         raise ByolTypeError("boxes: expected integer pixel coordinates, got a floating-point tensor")
-    return _core.resized_crop(images, boxes, hw, interpolation, batched)
+    return _core.resized_crop(images, boxes, hw, interpolation, method)
 
 
 def hflip(images: torch.Tensor) -> torch.Tensor:

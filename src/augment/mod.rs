@@ -5,6 +5,7 @@ mod hue;
 pub mod ops;
 pub mod params;
 pub mod rng;
+mod resample;
 
 use crate::error::{value_error, Result};
 use config::{AugmentConfig, ViewConfig};
@@ -158,12 +159,14 @@ impl Augment {
         let kernel = self.config.blur_kernel_size();
         let out = (|| {
             let (size, kind) = (self.config.size, self.output_kind());
-            // On CPU each view is cut into one block of samples per torch thread and all blocks
-            // run at once, each on one thread: at 28-32 px no op is big enough for ATen to
-            // split, and the views differ in cost (view 1 blurs every sample, view 2 a tenth),
-            // so blocks of both keep the threads evenly busy. Samples are independent.
+            // On CPU the views run at once, each task on one thread: at 28-32 px no op is big
+            // enough for ATen to split. Large batches are also cut into blocks of samples, one
+            // per thread, since view 1 (blur on every sample) costs more than view 2; small ones
+            // are not, as every block repeats the ~100 ops of a view and their fixed cost.
+            const MIN_BLOCK_PIXELS: i64 = 1 << 17;
             let cpu = x.device() == Device::Cpu;
-            let blocks = if cpu { (tch::get_num_threads().max(1) as i64).min(n) } else { 1 };
+            let pixels = n * size.0 * size.1;
+            let blocks = if cpu { (tch::get_num_threads().max(1) as i64).min(pixels / MIN_BLOCK_PIXELS).clamp(1, n) } else { 1 };
             let mut tasks: Vec<crate::parallel::Task<'_, Tensor>> = vec![];
             for (params, cfg) in [(&p1, &self.config.view1), (&p2, &self.config.view2)] {
                 for b in 0..blocks {

@@ -24,15 +24,42 @@ fn blend(a: &Tensor, b: &Tensor, ratio: &Tensor, one_minus: &Tensor) -> Result<T
     Ok((a.f_mul(&per_sample(ratio)?)? + b.f_mul(&per_sample(one_minus)?)?).f_clamp(0.0, 1.0)?)
 }
 
-/// Crops `boxes[n]` out of image n and resizes it to `size` (antialiased, align_corners=False).
-/// On CUDA the whole batch goes through two batched matrix products (`resized_crop_batched`);
-/// elsewhere one resampling kernel per image, which keeps the CPU's work proportional to the
-/// filter taps.
+/// How `resized_crop` resamples; all three give the same result to float rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropMethod {
+    /// CUDA: two batched matrix products for the whole batch, no kernel per image.
+    Matmul,
+    /// CPU: byol-rs's own separable kernel (`resample.rs`), image by image.
+    Cpu,
+    /// ATen's `_upsample_*2d_aa` once per image: the reference, and any other device.
+    Aten,
+}
+
+impl CropMethod {
+    pub fn for_device(device: tch::Device) -> Self {
+        match device {
+            tch::Device::Cuda(_) => Self::Matmul,
+            tch::Device::Cpu => Self::Cpu,
+            _ => Self::Aten,
+        }
+    }
+}
+
+/// Crops `boxes[n]` out of image n and resizes it to `size` (antialiased, align_corners=False),
+/// by the method suited to the images' device.
 pub fn resized_crop(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
-    if x.device().is_cuda() {
-        resized_crop_batched(x, boxes, size, bicubic)
-    } else {
-        resized_crop_per_image(x, boxes, size, bicubic)
+    resized_crop_with(CropMethod::for_device(x.device()), x, boxes, size, bicubic)
+}
+
+pub fn resized_crop_with(method: CropMethod, x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
+    match method {
+        CropMethod::Matmul => resized_crop_batched(x, boxes, size, bicubic),
+        CropMethod::Cpu if x.device() == tch::Device::Cpu => {
+            check_boxes(x, boxes)?;
+            super::resample::resized_crop_cpu(&x.f_to_kind(Kind::Float)?.f_contiguous()?, boxes, size, bicubic)
+        }
+        CropMethod::Cpu => Err(value_error("method", format!("'cpu' runs on CPU tensors, got {:?}", x.device()))),
+        CropMethod::Aten => resized_crop_per_image(x, boxes, size, bicubic),
     }
 }
 

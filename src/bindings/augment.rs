@@ -99,8 +99,9 @@ fn one_minus(f: &Tensor) -> Result<Tensor> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (images, boxes, size, interpolation="bilinear", batched=None))]
-fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i64), interpolation: &str, batched: Option<bool>) -> PyResult<PyTensor> {
+#[pyo3(signature = (images, boxes, size, interpolation="bilinear", method="auto"))]
+fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i64), interpolation: &str, method: &str) -> PyResult<PyTensor> {
+    let method = method.to_string();
     let (images, boxes, interpolation) = (images.0, boxes.0, interpolation.to_string());
     run(py, move || {
         let x = to_unit_nchw(&images, Layout::Nchw, false)?;
@@ -117,11 +118,14 @@ fn resized_crop(py: Python<'_>, images: PyTensor, boxes: PyTensor, size: (i64, i
             "bicubic" => true,
             other => return Err(value_error("interpolation", format!("expected 'bilinear' or 'bicubic', got {other:?}"))),
         };
-        match batched {
-            Some(true) => ops::resized_crop_batched(&x, &boxes, size, bicubic),
-            _ if batched.is_none() => ops::resized_crop(&x, &boxes, size, bicubic),
-            _ => ops::resized_crop_per_image(&x, &boxes, size, bicubic),
-        }
+        let method = match method.as_str() {
+            "auto" => ops::CropMethod::for_device(x.device()),
+            "matmul" => ops::CropMethod::Matmul,
+            "cpu" => ops::CropMethod::Cpu,
+            "aten" => ops::CropMethod::Aten,
+            other => return Err(value_error("method", format!("expected 'auto', 'matmul', 'cpu' or 'aten', got {other:?}"))),
+        };
+        ops::resized_crop_with(method, &x, &boxes, size, bicubic)
     })
     .map(PyTensor)
 }
