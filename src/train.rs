@@ -239,6 +239,20 @@ impl Learner {
         warmup_cosine_lr(self.step, c.total_steps, c.warmup_steps, scaled, c.final_lr)
     }
 
+    /// Changes the schedules' length mid-run (a time-budgeted run re-planned from its measured
+    /// speed). The warm-up stays; the lr and tau cosines stretch or shrink from here on.
+    pub fn set_total_steps(&mut self, total: i64) -> Result<()> {
+        if self.config.preset.is_some() {
+            return Err(value_error("total_steps", "is fixed by the preset (its epochs times steps_per_epoch)"));
+        }
+        let least = self.step.max(self.config.warmup_steps).max(1);
+        if total < least {
+            return Err(value_error("total_steps", format!("must be >= {least} (steps done, warm-up and 1), got {total}")));
+        }
+        self.config.total_steps = total;
+        Ok(())
+    }
+
     pub fn tau(&self) -> Result<f64> {
         cosine_tau(self.step, self.config.total_steps, self.config.tau_base, self.config.tau_final)
     }

@@ -169,6 +169,13 @@ class BYOL:
         :class:`NonFiniteLossError` of a failed one, if any. A no-op on CPU."""
         self._engine.sync()
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Changes the length of the lr and tau schedules from the current step on, for a run
+        whose length is known only once it is under way (``byol-rs train --minutes`` re-plans
+        from its measured speed). The warm-up is unchanged; ``config["total_steps"]`` and the
+        checkpoint follow. Raises ValueError below the steps done or the warm-up, or with a preset."""
+        self._engine.set_total_steps(_check_type("total_steps", total_steps))
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eval-mode backbone features ``[N, feature_dim]`` without gradients."""
         return self._engine.embed(x)

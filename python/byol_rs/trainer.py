@@ -35,7 +35,7 @@ class TrainConfig:
     minutes: Optional[float] = 10.0
     epochs: Optional[float] = None
     backbone: str = "convnet"
-    batch_size: int = 128
+    batch_size: int = 64
     preset: Optional[str] = None
     optimizer: str = "lars"
     lr: Optional[float] = 4.5
@@ -249,13 +249,21 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         last_eval = last_ckpt = time.perf_counter()
         t_prev = time.perf_counter()
+        replan_at = self._replan_step(start_step)
+        stepping = eval_seconds = 0.0
+        step = start_step
         try:
-            for step in range(start_step, self.total_steps):
+            while step < self.total_steps:
                 m = learner.step(self.data.train_images[self._batch_indices(step)])
                 now = time.perf_counter()
                 step_seconds = now - t_prev
                 self.elapsed += step_seconds
+                stepping += step_seconds
                 t_prev = now
+                step += 1
+                if step == replan_at:
+                    self._replan(step, stepping / (step - start_step), eval_seconds)
+                    bar.total = self.total_steps
                 row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
                        "seconds": round(self.elapsed, 2), "loss": m["loss"], "lr": m["lr"],
                        "tau": m["tau"], "z_std": m["z_std"], "knn": ""}
@@ -268,6 +276,7 @@ class Trainer:
                                               temperature=cfg.knn_temperature, max_train=10_000,
                                               max_test=2_000)["knn"]
                         bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
+                    eval_seconds += time.perf_counter() - now
                     last_eval = t_prev = time.perf_counter()
                 self.rows.append(row)
                 if ckpt_due:
@@ -283,6 +292,26 @@ class Trainer:
         bar.close()
         self._save()
         return {"steps": learner.step_count, "seconds": self.elapsed}
+
+    def _replan_step(self, start_step: int) -> Optional[int]:
+        """When a time-budgeted single-process run re-plans its length: after 15 % of the
+        planned steps (at least 50) of this call. None for epoch budgets and torchrun."""
+        if self.cfg.epochs is not None or self.cfg.minutes is None or self.world > 1:
+            return None
+        at = start_step + max(50, int(0.15 * self.total_steps))
+        return at if at < self.total_steps else None
+
+    def _replan(self, step: int, per_step: float, eval_seconds: float) -> None:
+        """Sets the schedules' length so that the run ends on time at the step time measured so
+        far: the probe at the start sees a few steps, and this machine's speed drifts by 10 %
+        and more (a run planned from a slow probe ended 10 % early)."""
+        remaining = self.cfg.minutes * 60 - self.elapsed - eval_seconds
+        every = self.cfg.eval_every_minutes * 60
+        evals = remaining / every if every > 0 else 0.0
+        left = int((remaining - evals * self._knn_seconds(per_step)) / per_step)
+        total = max(step + left, self.learner.config["warmup_steps"], step, 1)
+        self.learner.set_total_steps(total)
+        self.total_steps = total
 
     def close(self) -> None:
         """Under torchrun: waits until every rank (rank 0 reports last) is done, then leaves

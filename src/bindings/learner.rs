@@ -117,6 +117,11 @@ impl PyLearner {
         metrics_dict(py, m)
     }
 
+    /// Changes the length of the lr and tau schedules from here on.
+    fn set_total_steps(&self, py: Python<'_>, total: i64) -> PyResult<()> {
+        run(py, || self.with(|l| l.settle(true).and_then(|_| l.set_total_steps(total))))
+    }
+
     /// Eval-mode backbone features of `x`.
     fn embed(&self, py: Python<'_>, x: PyTensor) -> PyResult<PyTensor> {
         let x = x.0;

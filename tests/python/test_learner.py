@@ -189,6 +189,25 @@ def test_lr_scaling_warmup_and_tau_schedule():
     assert [m["tau"] for m in seen] == pytest.approx([byol_rs.cosine_tau(k, 6) for k in range(6)])
 
 
+def test_set_total_steps_stretches_the_schedules_from_here_on(tmp_path):
+    learner = small(lr=0.4, warmup_steps=2, total_steps=6)
+    for s in range(3):
+        learner.step(*views(n=8, seed=s))
+    learner.set_total_steps(20)
+    assert learner.config["total_steps"] == 20 and learner.config["warmup_steps"] == 2
+    m = learner.step(*views(n=8, seed=3))
+    assert m["lr"] == pytest.approx(byol_rs.warmup_cosine_lr(3, 20, 2, 0.4 * 8 / 256))
+    assert m["tau"] == pytest.approx(byol_rs.cosine_tau(3, 20))
+    learner.save(tmp_path / "c.safetensors")
+    assert byol_rs.BYOL.load(tmp_path / "c.safetensors").config["total_steps"] == 20
+    before = snapshot(learner)
+    with pytest.raises(ValueError, match=r"total_steps: must be >= 4 \(steps done"):
+        learner.set_total_steps(3)
+    assert_same(snapshot(learner), before)
+    with pytest.raises(ValueError, match="total_steps: is fixed by the preset"):
+        small(preset="40ep", steps_per_epoch=10).set_total_steps(1000)
+
+
 @pytest.mark.parametrize("name,factory", [("resnet18", torchvision.models.resnet18), ("resnet34", torchvision.models.resnet34), ("resnet50", torchvision.models.resnet50)])
 @pytest.mark.parametrize("small_image", [False, True])
 def test_backbone_exports_into_torchvision(name, factory, small_image):

@@ -51,6 +51,21 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
 
 
+def test_time_budgeted_run_replans_its_length_from_measured_speed(tmp_path, monkeypatch):
+    """The plan's probe sees a few steps; after 15 % of them the run re-plans so that it ends on
+    time at the speed it measured. Here the probe is made to report 10 ms a step."""
+    monkeypatch.setattr(Trainer, "_time_steps", lambda self: 100)
+    t = Trainer(TrainConfig(minutes=0.05, out=str(tmp_path), **TINY))
+    assert t.total_steps == 100 and t._replan_step(0) == 50
+    t._replan(50, per_step=0.01, eval_seconds=0.5)
+    want = 50 + int((0.05 * 60 - t.elapsed - 0.5) / 0.01)
+    assert t.total_steps == want == t.learner.config["total_steps"]
+    t._replan(50, per_step=10.0, eval_seconds=0.0)  # far too slow: stop where it is
+    assert t.total_steps == 50
+    result = t.train()
+    assert result["steps"] == t.learner.step_count == t.total_steps
+
+
 def test_report_files_and_gain_fields(tmp_path):
     t = Trainer(TrainConfig(epochs=2, out=str(tmp_path), **TINY))
     t.train()
