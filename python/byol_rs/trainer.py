@@ -24,6 +24,8 @@ from .learner import BYOL
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "trainer_state.json"
+# The progress bar shows the loss every this many steps (reading it waits for a GPU).
+POSTFIX_EVERY = 25
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
 
 
@@ -137,6 +139,7 @@ class Trainer:
             raise TrainError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
         self.steps_per_epoch = n // cfg.batch_size
         self.rows: List[Dict[str, Any]] = []
+        self._unread: List[Tuple[Dict[str, Any], Any]] = []
         self.elapsed = 0.0
         if resume:
             self._resume()
@@ -210,7 +213,15 @@ class Trainer:
         self.rows = state["rows"]
         self.learner = BYOL.load(self.out / CHECKPOINT, device=self.cfg.device)
 
+    def _read_rows(self) -> None:
+        """Moves the steps' rows into `rows`, reading their loss and z_std."""
+        for row, m in self._unread:
+            row.update(loss=m["loss"], z_std=m["z_std"])
+            self.rows.append(row)
+        self._unread.clear()
+
     def _save(self) -> None:
+        self._read_rows()
         self.learner.save(self.out / CHECKPOINT)  # rank 0 only writes
         if self.rank != 0:
             return
@@ -264,9 +275,10 @@ class Trainer:
                 if step == replan_at:
                     self._replan(step, stepping / (step - start_step), eval_seconds)
                     bar.total = self.total_steps
+                # loss and z_std are read later (_read_rows): on CUDA each read waits for the GPU.
                 row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
-                       "seconds": round(self.elapsed, 2), "loss": m["loss"], "lr": m["lr"],
-                       "tau": m["tau"], "z_std": m["z_std"], "knn": ""}
+                       "seconds": round(self.elapsed, 2), "loss": None, "lr": m["lr"],
+                       "tau": m["tau"], "z_std": None, "knn": ""}
                 eval_due, ckpt_due = self._due(
                     cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60,
                     now - last_ckpt >= cfg.checkpoint_every_minutes * 60)
@@ -278,12 +290,13 @@ class Trainer:
                         bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
                     eval_seconds += time.perf_counter() - now
                     last_eval = t_prev = time.perf_counter()
-                self.rows.append(row)
+                self._unread.append((row, m))
                 if ckpt_due:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
-                bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
-                                lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
+                if step % POSTFIX_EVERY == 0 or step == self.total_steps:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
+                                    lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
                 bar.update(1)
         except KeyboardInterrupt:
             bar.close()

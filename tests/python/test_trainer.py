@@ -79,6 +79,8 @@ def test_report_files_and_gain_fields(tmp_path):
     assert on_disk["gain"]["knn"] == pytest.approx(on_disk["trained"]["knn"] - on_disk["random_init"]["knn"])
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("step,epoch,seconds,loss,lr,tau,z_std,knn") and len(lines) == report["steps"] + 1
+    cells = [line.split(",") for line in lines[1:]]  # loss and z_std are read after the steps, then written
+    assert all(0 <= float(c[3]) <= 8 and 0 < float(c[6]) <= 1 for c in cells)
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
