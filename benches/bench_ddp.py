@@ -25,7 +25,7 @@ import torch
 import byol_rs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_section  # noqa: E402
+from common import results_table, write_section  # noqa: E402
 
 CASES = {
     "convnet-28px-b256": dict(backbone="convnet", in_channels=1, small_image=False, size=28, batch=256,
@@ -120,14 +120,10 @@ def main() -> None:
         rows.append(f"| {case} | one small all-reduce (handshake, loss, each SyncBN layer) | "
                     f"{ddp['small_allreduce_ms']:.3f} | | | |")
         print("\n".join(rows[-5:]), flush=True)
-    table = "\n".join([
+    table = results_table(
         f"Command: `python benches/bench_ddp.py --steps {args.steps} --write` (2-core CPU, Gloo, torchrun --standalone). "
         "Same global batch on both sides; median step time after 2 warm-up steps.",
-        "",
-        "| case | side | step ms | img/s (global) | vs 1 process | collective |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
-        *rows,
-    ])
+        ["case", "side", "step ms", "img/s (global)", "vs 1 process", "collective"], "llrrrl", rows)
     print(table)
     if args.write:
         write_section("ddp", "## Data parallel: 2 ranks vs 1 process (issue 7)\n\n" + table)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "tests" / "python"))
 import byol_rs  # noqa: E402
-from common import median_ms, write_section  # noqa: E402
+from common import median_ms, results_table, write_section  # noqa: E402
 from reference_byol import MLP, make_backbone, feature_dim  # noqa: E402
 
 CASES = {
@@ -131,14 +131,10 @@ def main():
         for name, t in ms.items():
             rows.append(f"| {case} | {name} | {c['batch'] / t * 1e3:.1f} | {base / t:.2f}x | {mem.get(name, float('nan')):.0f} |")
         print("\n".join(rows[-3:]), flush=True)
-    table = "\n".join([
+    table = results_table(
         f"Command: `python benches/bench_step.py --steps {args.steps} --write` (CPU, {torch.get_num_threads()} threads). "
         "Median step time over the steps after one warm-up; peak RSS from a child process running 2 steps of one side.",
-        "",
-        "| case | side | img/s | speed-up | peak RSS MB |",
-        "| --- | --- | ---: | ---: | ---: |",
-        *rows,
-    ])
+        ["case", "side", "img/s", "speed-up", "peak RSS MB"], "llrrr", rows)
     print(table)
     if args.write:
         write_section("step", "## Training step vs pure-PyTorch BYOL (issue 3)\n\n" + table)

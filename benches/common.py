@@ -21,6 +21,13 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
+def results_table(command: str, columns: list[str], align: str, rows: list[str]) -> str:
+    """A RESULTS.md section body: the command line paragraph, then a Markdown table whose
+    columns are left-aligned ('l') or right-aligned ('r') as `align` says, one letter each."""
+    rule = " | ".join("---" if a == "l" else "---:" for a in align)
+    return "\n".join([command, "", "| " + " | ".join(columns) + " |", f"| {rule} |", *rows])
+
+
 def write_section(name: str, body: str) -> None:
     """Replaces the text between `<!-- name -->` and `<!-- /name -->` in RESULTS.md."""
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
