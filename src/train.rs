@@ -609,6 +609,10 @@ impl Learner {
         if size[0] < 1 || size[2] < 1 || size[3] < 1 {
             return Err(value_error(arg, format!("expected a non-empty batch, got shape {size:?}")));
         }
+        let min_side = self.online.backbone.min_side();
+        if size[2] < min_side || size[3] < min_side {
+            return Err(value_error(arg, format!("the {} backbone needs images of at least {min_side}x{min_side} px, got shape {size:?}", self.config.backbone)));
+        }
         if !x.is_floating_point() {
             return Err(value_error(arg, format!("expected a floating-point tensor (normalised images), got {:?}", x.kind())));
         }

@@ -112,6 +112,17 @@ pub enum Backbone {
     ConvNet { blocks: Vec<(nn::Conv2D, Norm)> },
 }
 
+impl Backbone {
+    /// The smallest image side the forward accepts: the ConvNet's three 2x2 max-pools need 8
+    /// px; ResNet's padded strided layers take any size.
+    pub fn min_side(&self) -> i64 {
+        match self {
+            Backbone::ResNet { .. } => 1,
+            Backbone::ConvNet { blocks } => 1 << (blocks.len() - 1),
+        }
+    }
+}
+
 /// Builds the backbone under `p` with torchvision's parameter names.
 pub fn backbone(p: &nn::Path, cfg: &BackboneConfig, sync: Option<&SyncHandle>) -> Result<Backbone> {
     if cfg.in_channels < 1 {

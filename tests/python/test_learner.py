@@ -89,6 +89,7 @@ BAD_VIEWS = [
     (lambda v: (v[0].repeat(1, 3, 1, 1), v[1].repeat(1, 3, 1, 1)), "view1: expected 1 channels"),
     (lambda v: ((v[0] * 255).to(torch.uint8), v[1]), "view1: expected a floating-point"),
     (lambda v: (v[0][:1], v[1][:1]), "view1: training needs a batch of at least 2"),
+    (lambda v: (v[0][:, :, :7, :7], v[1][:, :, :7, :7]), "view1: the convnet backbone needs images of at least 8x8"),
     (lambda v: (v[0].masked_fill(v[0] > 2, float("nan")), v[1]), "view1: contains NaN"),
     (lambda v: (v[0], v[1].to("meta")), "view2: is on"),
 ]
