@@ -102,11 +102,12 @@ fn check_boxes(x: &Tensor, boxes: &[CropBox]) -> Result<()> {
 pub fn resized_crop_batched(x: &Tensor, boxes: &[CropBox], size: (i64, i64), bicubic: bool) -> Result<Tensor> {
     check_boxes(x, boxes)?;
     let [_, _, height, width] = x.size()[..] else { unreachable!("checked 4-D") };
-    let column = |f: fn(&CropBox) -> i64| -> Result<Tensor> {
-        crate::shim::upload(&Tensor::from_slice(&boxes.iter().map(|b| f(b) as f32).collect::<Vec<_>>()), x.device())
-    };
-    let wy = filter_taps(&column(|b| b.top)?, &column(|b| b.height)?, height, size.0, bicubic)?;
-    let wx = filter_taps(&column(|b| b.left)?, &column(|b| b.width)?, width, size.1, bicubic)?;
+    // One upload: rows top, height, left, width.
+    let fields: [fn(&CropBox) -> i64; 4] = [|b| b.top, |b| b.height, |b| b.left, |b| b.width];
+    let columns: Vec<f32> = fields.iter().flat_map(|f| boxes.iter().map(move |b| f(b) as f32)).collect();
+    let c = crate::shim::upload(&Tensor::from_slice(&columns), x.device())?.f_view([4, -1])?;
+    let wy = filter_taps(&c.get(0), &c.get(1), height, size.0, bicubic)?;
+    let wx = filter_taps(&c.get(2), &c.get(3), width, size.1, bicubic)?;
     let x = x.f_to_kind(Kind::Float)?;
     let rows = wy.f_unsqueeze(1)?.f_matmul(&x)?; // [N, C, out_h, W]
     Ok(rows.f_matmul(&wx.f_transpose(1, 2)?.f_unsqueeze(1)?)?)

@@ -50,6 +50,31 @@ impl FlatTensors {
         Ok(Self { names: self.names.clone(), views, flat })
     }
 
+    /// 1-D slices of `flat`, a buffer laid out like this one, one per tensor (any view's
+    /// layout within its slice is irrelevant to per-tensor reductions such as norms).
+    pub fn slices_of(&self, flat: &Tensor) -> Result<Vec<Tensor>> {
+        let mut at = 0;
+        let mut out = Vec::with_capacity(self.views.len());
+        for v in &self.views {
+            let n = v.numel() as i64;
+            out.push(flat.f_narrow(0, at, n)?);
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Each tensor's element count, as a 1-D int64 tensor on the buffer's device (for `spread`).
+    pub fn spans(&self) -> Result<Tensor> {
+        let counts: Vec<i64> = self.views.iter().map(|v| v.numel() as i64).collect();
+        Ok(Tensor::from_slice(&counts).f_to_device(self.flat.device())?)
+    }
+
+    /// `values[i]` repeated over tensor i's slice of the flat buffer. `spans` comes from
+    /// `spans()`; the total is passed so that CUDA need not read the spans back.
+    pub fn spread(&self, values: &Tensor, spans: &Tensor) -> Result<Tensor> {
+        Ok(values.f_repeat_interleave_self_tensor(spans, 0, self.numel())?)
+    }
+
     pub fn numel(&self) -> i64 {
         self.flat.numel() as i64
     }

@@ -1,23 +1,24 @@
 //! AdamW (Loshchilov & Hutter, arXiv 1711.05101) with torch.optim.AdamW's update order:
 //! decoupled decay `w *= 1 - lr * wd`, then the bias-corrected Adam step.
-use super::{named_state, Optimizer};
+use super::{decay_per_element, named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use tch::Tensor;
 
 pub struct AdamW {
-    weight_decay: f64,
     betas: (f64, f64),
     eps: f64,
     exp_avg: FlatTensors,
     exp_avg_sq: FlatTensors,
-    excluded: Vec<bool>,
+    /// `weight_decay` per element, 0 on excluded parameters.
+    decay: Tensor,
 }
 
 impl AdamW {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, betas: (f64, f64), eps: f64) -> Result<Self> {
         let (exp_avg, exp_avg_sq) = (params.zeros_like()?, params.zeros_like()?);
-        Ok(Self { weight_decay, betas, eps, exp_avg, exp_avg_sq, excluded: excluded.to_vec() })
+        let decay = decay_per_element(params, excluded, &params.spans()?, weight_decay)?;
+        Ok(Self { betas, eps, exp_avg, exp_avg_sq, decay })
     }
 }
 
@@ -31,14 +32,9 @@ impl Optimizer for AdamW {
         // Moments are elementwise: one kernel each over the flat buffers.
         let _ = m_all.f_mul_scalar_(b1)?.f_add_(&(&grads.flat * (1.0 - b1)))?;
         let _ = v_all.f_mul_scalar_(b2)?.f_add_(&(grads.flat.f_square()? * (1.0 - b2)))?;
-        for (w, &skip) in params.views.iter().zip(&self.excluded) {
-            if !skip {
-                let mut w = w.shallow_clone();
-                let _ = w.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
-            }
-        }
-        let denom = (v_all / c2).f_sqrt()? + self.eps;
         let mut w_all = params.flat.shallow_clone();
+        let _ = w_all.f_mul_(&self.decay.f_mul_scalar(-lr)?.f_add_scalar(1.0)?)?;
+        let denom = (v_all / c2).f_sqrt()? + self.eps;
         let _ = w_all.f_sub_(&((m_all / c1) / denom * lr))?;
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are spread
 //! over each parameter's span with `repeat_interleave`, and all norms come from one
 //! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
-use super::{named_state, Optimizer};
+use super::{decay_per_element, named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use crate::shim;
@@ -25,31 +25,11 @@ pub struct Lars {
 
 impl Lars {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, momentum: f64, eta: Option<f64>) -> Result<Self> {
-        let device = params.flat.device();
-        let spans = Tensor::from_slice(&params.views.iter().map(|v| v.numel() as i64).collect::<Vec<_>>()).f_to_device(device)?;
-        let adapted = Tensor::from_slice(&excluded.iter().map(|&e| !e).collect::<Vec<_>>()).f_to_device(device)?;
-        let per_param = adapted.f_to_kind(params.flat.kind())?.f_mul_scalar(weight_decay)?;
-        let decay = spread(&per_param, &spans, params.numel())?;
+        let spans = params.spans()?;
+        let adapted = Tensor::from_slice(&excluded.iter().map(|&e| !e).collect::<Vec<_>>()).f_to_device(params.flat.device())?;
+        let decay = decay_per_element(params, excluded, &spans, weight_decay)?;
         Ok(Self { momentum, eta, buffers: params.zeros_like()?, decay, spans, adapted })
     }
-}
-
-/// `values[i]` repeated over parameter i's span of the flat buffer; `total` is given so that
-/// CUDA need not read the spans back.
-fn spread(values: &Tensor, spans: &Tensor, total: i64) -> Result<Tensor> {
-    Ok(values.f_repeat_interleave_self_tensor(spans, 0, total)?)
-}
-
-/// Per-parameter views of a flat buffer laid out like `like`.
-fn views_of(flat: &Tensor, like: &FlatTensors) -> Result<Vec<Tensor>> {
-    let mut at = 0;
-    let mut out = Vec::with_capacity(like.views.len());
-    for v in &like.views {
-        let n = v.numel() as i64;
-        out.push(flat.f_narrow(0, at, n)?);
-        at += n;
-    }
-    Ok(out)
 }
 
 impl Optimizer for Lars {
@@ -58,12 +38,12 @@ impl Optimizer for Lars {
         let w = &params.flat;
         let mut g = grads.flat.f_add(&w.f_mul(&self.decay)?)?;
         if let Some(eta) = self.eta {
-            let wn = shim::foreach_norm(&views_of(w, params)?)?;
-            let gn = shim::foreach_norm(&views_of(&g, params)?)?;
+            let wn = shim::foreach_norm(&params.slices_of(w)?)?;
+            let gn = shim::foreach_norm(&params.slices_of(&g)?)?;
             let one = wn.f_ones_like()?;
             let usable = self.adapted.f_logical_and(&wn.f_gt(0.0)?)?.f_logical_and(&gn.f_gt(0.0)?)?;
             let ratio = (&wn * eta).f_div(&gn)?.f_where_self(&usable, &one)?.f_to_kind(g.kind())?;
-            g = g.f_mul_(&spread(&ratio, &self.spans, params.numel())?)?;
+            g = g.f_mul_(&params.spread(&ratio, &self.spans)?)?;
         }
         let mut m = self.buffers.flat.shallow_clone();
         let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
