@@ -72,8 +72,10 @@ class BYOL:
     checked on the device, a non-finite one cancels its update there, and the error or the
     skip is registered by a later call (see :meth:`step`). ``"immediate"`` reads the loss back
     in every step and refuses at once (the behaviour on CPU, with fp16 and when distributed);
-    ``"deferred"`` forces the device-side check on any device. On CUDA the convolutions run
-    NHWC (channels_last), cuDNN's tensor-core layout; ``channels_last`` chooses it on CPU.
+    ``"deferred"`` forces the device-side check on any device. The convolutions run NHWC
+    (``channels_last=True``, default; always on CUDA): weights and activations channels_last,
+    the layout oneDNN and cuDNN are fastest in. ``channels_last=False`` on CPU keeps PyTorch's
+    default NCHW layout, and so its summation order.
 
     ``ema_bn_stats=False`` (default): the target runs in training mode with its own BN batch
     statistics, as in the official code, where the target's running statistics are never used;
@@ -119,7 +121,7 @@ class BYOL:
         loss_scale_growth_interval: int = 2000,
         device: str = "cpu",
         seed: int = 0,
-        channels_last: bool = False,
+        channels_last: bool = True,
         allow_unsafe: bool = False,
         preset: Optional[str] = None,
         steps_per_epoch: Optional[int] = None,

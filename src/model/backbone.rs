@@ -174,21 +174,25 @@ fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbon
     Backbone::ConvNet { blocks }
 }
 
+// Max-pool runs before ReLU: the two commute (values and gradients alike, ties included, since
+// ReLU's gradient is zero wherever a tie at zero could route it), and ReLU then touches a quarter
+// of the values.
 impl ModuleT for Backbone {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let h = match self {
             Backbone::ResNet { stem, max_pool, blocks } => {
-                let mut h = x.apply(&stem.0).apply_t(&stem.1, train).relu();
+                let mut h = x.apply(&stem.0).apply_t(&stem.1, train);
                 if *max_pool {
                     h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
                 }
-                blocks.iter().fold(h, |h, b| b.forward_t(&h, train))
+                blocks.iter().fold(h.relu(), |h, b| b.forward_t(&h, train))
             }
             Backbone::ConvNet { blocks } => {
                 let last = blocks.len() - 1;
                 blocks.iter().enumerate().fold(x.shallow_clone(), |h, (i, (c, b))| {
-                    let h = h.apply(c).apply_t(b, train).relu();
-                    if i < last { h.max_pool2d_default(2) } else { h }
+                    let h = h.apply(c).apply_t(b, train);
+                    let h = if i < last { h.max_pool2d_default(2) } else { h };
+                    h.relu()
                 })
             }
         };

@@ -15,7 +15,10 @@ import torch.distributed as dist
 import byol_rs
 from byol_rs.errors import ByolValueError, DistributedError
 
-SMALL = dict(in_channels=1, projector_hidden=64, predictor_hidden=64, projection_dim=32, total_steps=10, warmup_steps=2)
+# NCHW: the parity tests compare two half batches with one full batch at 1e-5, and oneDNN's NCHW
+# weight-gradient sums are the more precise (NHWC's land at ~1e-5 relative, summation order).
+SMALL = dict(in_channels=1, projector_hidden=64, predictor_hidden=64, projection_dim=32, total_steps=10, warmup_steps=2,
+             channels_last=False)
 BATCH, STEPS = 16, 3
 
 

@@ -204,6 +204,7 @@ class ReferenceBYOL(nn.Module):
         ema_bn_stats=False,
         simsiam=False,
         autocast=None,
+        channels_last=False,
     ):
         super().__init__()
         if optimizer not in ("lars", "sgd", "adamw"):
@@ -217,6 +218,9 @@ class ReferenceBYOL(nn.Module):
         self.target_projector = copy.deepcopy(self.projector)
         for p in self._target_param_list():
             p.requires_grad_(False)
+        # NHWC weights and inputs: oneDNN then runs its NHWC kernels, as the engine does.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
         self.optimizer = optimizer
         self.base_lr = base_lr
@@ -337,6 +341,8 @@ class ReferenceBYOL(nn.Module):
         k = self.step_count
         lr, tau = self.lr(k), self.tau(k)
         self.train()
+        view1 = view1.contiguous(memory_format=self.memory_format)
+        view2 = view2.contiguous(memory_format=self.memory_format)
 
         # Each view gets its own forward pass, so BatchNorm batch statistics
         # (and running-stat updates) are per view, as in the official code.

@@ -18,7 +18,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def pair(precision, **extra):
     ours = byol_rs.BYOL("convnet", precision=precision, loss_scale=1.0, **KW, **extra)
     ref = ReferenceBYOL("convnet", in_channels=1, proj_hidden=64, proj_out=32, pred_hidden=64, base_lr=0.2,
-                        batch_size=16, total_steps=8, warmup_steps=2, autocast=DTYPES.get(precision))
+                        batch_size=16, total_steps=8, warmup_steps=2, autocast=DTYPES.get(precision),
+                        channels_last=ours.config["channels_last"])
     with torch.no_grad():
         for name, t in dict(ref.online_named_parameters()).items():
             t.copy_(ours.named_parameters()[name])
