@@ -21,6 +21,21 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median time of each function, timed in rounds that run every function once, so that the
+    machine's drift over the run lands on all sides alike instead of in their ratios."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 def results_table(command: str, columns: list[str], align: str, rows: list[str]) -> str:
     """A RESULTS.md section body: the command line paragraph, then a Markdown table whose
     columns are left-aligned ('l') or right-aligned ('r') as `align` says, one letter each."""

@@ -75,6 +75,20 @@ impl FlatTensors {
         Ok(values.f_repeat_interleave_self_tensor(spans, 0, self.numel())?)
     }
 
+    /// Multiplies tensor i's slice of `flat` by `values[i]`, in place. On CUDA one kernel over
+    /// `spread`; on CPU a kernel per slice, which costs microseconds each, whereas building the
+    /// buffer-sized index of `repeat_interleave` took 6 % of a ConvNet step.
+    pub fn mul_slices_(&self, flat: &Tensor, values: &Tensor, spans: &Tensor) -> Result<()> {
+        if flat.device().is_cuda() {
+            let _ = flat.shallow_clone().f_mul_(&self.spread(values, spans)?)?;
+            return Ok(());
+        }
+        for (i, slice) in self.slices_of(flat)?.iter_mut().enumerate() {
+            let _ = slice.f_mul_(&values.f_select(0, i as i64)?)?;
+        }
+        Ok(())
+    }
+
     pub fn numel(&self) -> i64 {
         self.flat.numel() as i64
     }
@@ -108,5 +122,18 @@ mod tests {
         let _ = zeros.views[0].shallow_clone().fill_(1.0);
         assert_eq!(zeros.flat.narrow(0, 0, 120).sum(Kind::Float).double_value(&[]), 120.0);
         assert_eq!(zeros.flat.narrow(0, 120, 4).sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn mul_slices_scales_each_tensor_by_its_value_like_spread() {
+        let named = vec![("a".to_string(), Tensor::ones([2, 3], (Kind::Float, Device::Cpu))),
+                         ("b".to_string(), Tensor::ones([4], (Kind::Float, Device::Cpu)))];
+        let flat = FlatTensors::adopt(named, Kind::Float, Device::Cpu, false).unwrap();
+        let values = Tensor::from_slice(&[2.0f32, -3.0]);
+        let spans = flat.spans().unwrap();
+        let via_spread = &flat.flat * flat.spread(&values, &spans).unwrap();
+        flat.mul_slices_(&flat.flat, &values, &spans).unwrap();
+        let want = Tensor::from_slice(&[2.0f32, 2.0, 2.0, 2.0, 2.0, 2.0, -3.0, -3.0, -3.0, -3.0]);
+        assert!(flat.flat.equal(&want) && via_spread.equal(&want));
     }
 }

@@ -3,8 +3,8 @@
 //! `eta * |w| / |g|` (1 where either norm is 0), momentum `m = mu * m + g`, then `w -= lr * m`.
 //! With no `eta` it is SGD with momentum and decoupled-from-nothing L2 decay, as torch.optim.SGD.
 //!
-//! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are spread
-//! over each parameter's span with `repeat_interleave`, and all norms come from one
+//! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are applied
+//! to each parameter's span (`FlatTensors::mul_slices_`), and all norms come from one
 //! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
 use super::{decay_per_element, named_state, Optimizer};
 use crate::error::Result;
@@ -43,7 +43,7 @@ impl Optimizer for Lars {
             let one = wn.f_ones_like()?;
             let usable = self.adapted.f_logical_and(&wn.f_gt(0.0)?)?.f_logical_and(&gn.f_gt(0.0)?)?;
             let ratio = (&wn * eta).f_div(&gn)?.f_where_self(&usable, &one)?.f_to_kind(g.kind())?;
-            g = g.f_mul_(&params.spread(&ratio, &self.spans)?)?;
+            params.mul_slices_(&g, &ratio, &self.spans)?;
         }
         let mut m = self.buffers.flat.shallow_clone();
         let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
