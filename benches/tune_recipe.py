@@ -47,7 +47,8 @@ def main() -> None:
 
     def augment(cfg, d):
         mean, std = d.mean_std()
-        return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **aug_over)
+        views = {"blur_p": cfg.blur_p, **aug_over}
+        return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **views)
 
     trainer._augment = augment
     length = dict(epochs=budget, minutes=None) if budget > 0 else dict(epochs=None, minutes=-budget)

@@ -46,6 +46,7 @@ class TrainConfig:
     projector_hidden: int = 1024
     projection_dim: int = 128
     crop_scale: tuple = (0.35, 1.0)
+    blur_p: float = 0.5
     warmup_fraction: float = 0.05
     device: str = "cpu"
     seed: int = 0
@@ -64,7 +65,8 @@ class TrainError(ValueError):
 
 def _augment(cfg: TrainConfig, d: datasets.ImageData) -> Augment:
     mean, std = d.mean_std()
-    return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed)
+    return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), blur_p=cfg.blur_p,
+                               seed=cfg.seed)
 
 
 def _learner(cfg: TrainConfig, d: datasets.ImageData, total_steps: int, steps_per_epoch: int,
@@ -261,8 +263,9 @@ class Trainer:
         last_eval = last_ckpt = time.perf_counter()
         t_prev = time.perf_counter()
         replan_at = self._replan_step(start_step)
-        stepping = eval_seconds = 0.0
-        step = start_step
+        stepping = 0.0  # step time since the last re-plan
+        eval_seconds = 0.0  # kNN checks in this call
+        step = window_start = start_step
         try:
             while step < self.total_steps:
                 m = learner.step(self.data.train_images[self._batch_indices(step)])
@@ -273,7 +276,9 @@ class Trainer:
                 t_prev = now
                 step += 1
                 if step == replan_at:
-                    self._replan(step, stepping / (step - start_step), eval_seconds)
+                    self._replan(step, stepping / (step - window_start), eval_seconds)
+                    replan_at = self._next_replan_step(step)
+                    stepping, window_start = 0.0, step
                     bar.total = self.total_steps
                 # loss and z_std are read later (_read_rows): on CUDA each read waits for the GPU.
                 row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
@@ -314,10 +319,17 @@ class Trainer:
         at = start_step + max(50, int(0.15 * self.total_steps))
         return at if at < self.total_steps else None
 
+    def _next_replan_step(self, step: int) -> Optional[int]:
+        """The next re-plan, a quarter of the remaining steps on (at least 50): the machine's
+        speed drifts during a run too (one slowed by a fifth half way and overran by 46 s)."""
+        at = step + max(50, (self.total_steps - step) // 4)
+        return at if at < self.total_steps else None
+
     def _replan(self, step: int, per_step: float, eval_seconds: float) -> None:
-        """Sets the schedules' length so that the run ends on time at the step time measured so
-        far: the probe at the start sees a few steps, and this machine's speed drifts by 10 %
-        and more (a run planned from a slow probe ended 10 % early)."""
+        """Sets the schedules' length so that the run ends on time at the step time measured
+        since the last re-plan, after the `eval_seconds` spent on kNN checks so far: the probe at
+        the start sees a few steps, and this machine's speed drifts by 10 % and more (a run
+        planned from a slow probe ended 10 % early)."""
         remaining = self.cfg.minutes * 60 - self.elapsed - eval_seconds
         every = self.cfg.eval_every_minutes * 60
         evals = remaining / every if every > 0 else 0.0

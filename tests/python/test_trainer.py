@@ -60,6 +60,9 @@ def test_time_budgeted_run_replans_its_length_from_measured_speed(tmp_path, monk
     t._replan(50, per_step=0.01, eval_seconds=0.5)
     want = 50 + int((0.05 * 60 - t.elapsed - 0.5) / 0.01)
     assert t.total_steps == want == t.learner.config["total_steps"]
+    # Later re-plans come a quarter of the remaining steps on (at least 50), none in the last 50.
+    t.total_steps = 1000
+    assert [t._next_replan_step(s) for s in (150, 800, 960)] == [362, 850, None]
     t._replan(50, per_step=10.0, eval_seconds=0.0)  # far too slow: stop where it is
     assert t.total_steps == 50
     result = t.train()
