@@ -393,6 +393,8 @@ def plot_curves(rows: List[Dict[str, Any]], report: Dict[str, Any], path: Path) 
     ax[2].axhline(report["trained"]["knn"], c="C1", label=f"final kNN {report['trained']['knn']:.3f}")
     ax[2].axhline(report["random_init"]["knn"], c="gray", ls="--", label=f"random init {report['random_init']['knn']:.3f}")
     ax[2].set(title="weighted kNN accuracy (k=200, T=0.1)", xlabel="training minutes")
+    if minutes:  # the whole run, as in the other panels, however few checks there were
+        ax[2].set_xlim(0, minutes[-1] * 1.02)
     ax[2].legend(fontsize=8)
     fig.suptitle(f"byol-rs on {report['dataset']}: {report['steps']} steps, {report['epochs']} epochs")
     fig.tight_layout()
