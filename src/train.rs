@@ -150,9 +150,10 @@ impl Learner {
         let target = config.momentum.then(|| network(&target_vs.root(), &net_cfg, false, sync.as_ref())).transpose()?;
         let (online_p, online_b) = ordered_variables(&online_vs);
         let (target_p, target_b) = ordered_variables(&target_vs);
-        // cuDNN's fast kernels are NHWC: on CUDA the conv weights live channels_last. On CPU
-        // only when asked: oneDNN's NHWC weight gradients drift from the NCHW reference by
-        // ~6e-5 relative. (An NHWC input alone does not switch oneDNN to NHWC when C is 1.)
+        // cuDNN's and oneDNN's fast kernels are NHWC, so the conv weights live channels_last;
+        // on CPU `channels_last=false` keeps NCHW, whose summation order the PyTorch default
+        // shares (NHWC weight gradients differ by ~6e-5 relative). An NHWC input alone does not
+        // switch oneDNN to NHWC when C is 1.
         let nhwc = device.is_cuda() || config.channels_last;
         let params = FlatTensors::adopt(online_p, Kind::Float, device, nhwc)?;
         let buffers = FlatTensors::adopt(online_b, Kind::Float, device, false)?;
