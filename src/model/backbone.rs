@@ -93,14 +93,16 @@ impl Block {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             h = h.apply(c).apply_t(b, train);
             if i != last {
-                h = h.relu();
+                h = h.relu_();
             }
         }
         let skip = match &self.downsample {
             Some((c, b)) => x.apply(c).apply_t(b, train),
             None => x.shallow_clone(),
         };
-        (h + skip).relu()
+        // Into the BN output, which BN's backward does not need (torchvision's `out += identity`).
+        h += skip;
+        h.relu_()
     }
 }
 
@@ -176,7 +178,8 @@ fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbon
 
 // Max-pool runs before ReLU: the two commute (values and gradients alike, ties included, since
 // ReLU's gradient is zero wherever a tie at zero could route it), and ReLU then touches a quarter
-// of the values.
+// of the values. ReLU runs in place, as torchvision's does: neither BN's nor max-pool's backward
+// needs its output, and a fresh activation-sized tensor costs page faults on CPU.
 impl ModuleT for Backbone {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let h = match self {
@@ -185,14 +188,14 @@ impl ModuleT for Backbone {
                 if *max_pool {
                     h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
                 }
-                blocks.iter().fold(h.relu(), |h, b| b.forward_t(&h, train))
+                blocks.iter().fold(h.relu_(), |h, b| b.forward_t(&h, train))
             }
             Backbone::ConvNet { blocks } => {
                 let last = blocks.len() - 1;
                 blocks.iter().enumerate().fold(x.shallow_clone(), |h, (i, (c, b))| {
                     let h = h.apply(c).apply_t(b, train);
-                    let h = if i < last { h.max_pool2d_default(2) } else { h };
-                    h.relu()
+                    let mut h = if i < last { h.max_pool2d_default(2) } else { h };
+                    h.relu_()
                 })
             }
         };

@@ -35,8 +35,12 @@ impl Lars {
 impl Optimizer for Lars {
     fn step(&mut self, params: &FlatTensors, grads: &FlatTensors, lr: f64, _t: i64) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        // In place throughout: the gradients are cleared after the update anyway, and on CPU
+        // each buffer-sized temporary is fresh memory whose page faults cost more than the math
+        // (three of them took 12 % of a ResNet-18 step).
         let w = &params.flat;
-        let mut g = grads.flat.f_add(&w.f_mul(&self.decay)?)?;
+        let mut g = grads.flat.shallow_clone();
+        let _ = g.f_addcmul_(w, &self.decay)?;
         if let Some(eta) = self.eta {
             let wn = shim::foreach_norm(&params.slices_of(w)?)?;
             let gn = shim::foreach_norm(&params.slices_of(&g)?)?;
@@ -47,7 +51,9 @@ impl Optimizer for Lars {
         }
         let mut m = self.buffers.flat.shallow_clone();
         let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
-        let _ = w.shallow_clone().f_sub_(&(&m * lr))?;
+        // A fill on the device, not a host-to-device copy (which would synchronise).
+        let neg_lr = Tensor::f_full([], -lr, (w.kind(), w.device()))?;
+        let _ = w.shallow_clone().f_addcmul_(&m, &neg_lr)?;
         Ok(())
     }
 
