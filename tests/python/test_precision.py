@@ -3,6 +3,8 @@
 Run on the CPU here (CPU autocast has both dtypes); tests/python/test_cuda.py covers CUDA.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -99,3 +101,16 @@ def test_bf16_never_scales():
 def test_bad_precision_settings_are_named(kw, match):
     with pytest.raises(ValueError, match=match):
         byol_rs.BYOL("convnet", **{**KW, **kw})
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_resnet_step_runs_under_autocast(precision):
+    # The residual add runs in place into the BN output; under autocast both sides of it must
+    # share a dtype (an fp32 skip added into a bf16 output would raise).
+    torch.manual_seed(0)
+    learner = byol_rs.BYOL("resnet18", small_image=True, precision=precision, loss_scale=1.0, total_steps=4, **HEADS)
+    before = {k: v.clone() for k, v in learner.named_parameters().items()}
+    g = torch.Generator().manual_seed(0)
+    m = learner.step(torch.rand(8, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g))
+    assert m["updated"] and math.isfinite(m["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in learner.named_parameters().items())
