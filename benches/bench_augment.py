@@ -2,7 +2,7 @@
 
     python benches/bench_augment.py [--repeats 5] [--threads N] [--write]
     python benches/bench_augment.py --quick          # smoke run, a few seconds
-    python benches/bench_augment.py --profile [--threads 1]   # where byol_rs's time goes, per stage and per ATen op
+    python benches/bench_augment.py --profile [--threads 1]   # where byol_rs's time goes, stage by stage
 
 lightly 1.6.0 (`BYOLView1Transform` / `BYOLView2Transform`) is timed the way a DataLoader
 worker runs it: one PIL image at a time through both views, on one core (torch limited to
@@ -35,7 +35,6 @@ import torch
 from PIL import Image
 
 import byol_rs
-from byol_rs import functional as BF
 from common import median_ms, write_section
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -157,93 +156,35 @@ def table(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# --profile: the pipeline of src/augment/mod.rs (apply_view) re-run stage by stage with
-# byol_rs.functional, with the same row selection (index_select + index_copy_ per op).
+# --profile: on the CPU, Augment() runs each sample through one fused Rust kernel
+# (src/augment/cpu_view.rs), so there are no ATen ops to trace. Each stage's cost is measured
+# by adding the stages one at a time to a pipeline that starts as the crop alone.
 
-
-def _timed(acc: dict, key: str, fn):
-    t0 = time.perf_counter()
-    out = fn()
-    acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
-    return out
-
-
-def _on_rows(acc, key, y, mask, op):
-    rows = mask.nonzero().flatten()
-    if rows.numel() == 0:
-        return y
-    if rows.numel() == y.shape[0]:
-        return _timed(acc, key, lambda: op(y))
-    sub = _timed(acc, "row select/copy (index_select + index_copy_)", lambda: y.index_select(0, rows))
-    out = _timed(acc, key, lambda: op(sub))
-    _timed(acc, "row select/copy (index_select + index_copy_)", lambda: y.index_copy_(0, rows, out))
-    return y
-
-
-def staged_views(aug: byol_rs.Augment, x: torch.Tensor, acc: dict):
-    cfg = aug.config
-    size = tuple(cfg["size"])
-    kernel = cfg["blur_kernel"] or max(round(0.1 * min(size)) | 1, 3)
-    n, _, h, w = x.shape
-    xf = _timed(acc, "uint8 -> float / 255", lambda: (x.float() / 255).contiguous())
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1) if cfg["mean"] else None
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1) if cfg["std"] else None
-    views = []
-    for params, vcfg in zip(aug.sample_params(n, h, w), (cfg["view1"], cfg["view2"])):
-        y = _timed(acc, f"resized_crop ({vcfg['interpolation']}, per-sample loop)",
-                   lambda: BF.resized_crop(xf, params["crop"], size, vcfg["interpolation"]))
-        if vcfg["interpolation"] == "bicubic":
-            y = _timed(acc, "clamp after bicubic", lambda: y.clamp(0, 1))
-        y = _on_rows(acc, "hflip", y, params["flip"], BF.hflip)
-        order, factors = params["jitter_order"], params["jitter_factors"].float()
-        ops = [("jitter brightness", BF.adjust_brightness), ("jitter contrast", BF.adjust_contrast),
-               ("jitter saturation", BF.adjust_saturation), ("jitter hue", BF.adjust_hue)]
-        for k in range(4):
-            for o, (key, fn) in enumerate(ops):
-                mask = params["jitter"] & (order[:, k] == o)
-                f = factors[mask.nonzero().flatten(), o]
-                y = _on_rows(acc, key, y, mask, lambda s, fn=fn, f=f: fn(s, f))
-        y = _on_rows(acc, "grayscale", y, params["grayscale"], BF.rgb_to_grayscale)
-        blur = ~params["blur_sigma"].isnan()
-        sig = params["blur_sigma"][blur].float()
-        y = _on_rows(acc, f"gaussian_blur (kernel {kernel})", y, blur, lambda s: BF.gaussian_blur(s, kernel, sig))
-        y = _on_rows(acc, "solarize", y, params["solarize"], lambda s, t=vcfg["solarize_threshold"]: BF.solarize(s, t))
-        if mean is not None:
-            y = _timed(acc, "normalise (sub mean, div std)", lambda: (y - mean) / std)
-        views.append(y)
-    return views
+STAGES = [
+    ("resized crop (+ clamp, uint8 read, output)", dict(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+                                                         view2=dict(blur_p=0.0, solarize_p=0.0), mean=None, std=None)),
+    ("+ flip", dict(flip_p=0.5)),
+    ("+ colour jitter", dict(jitter_p=0.8)),
+    ("+ grayscale", dict(grayscale_p=0.2)),
+    ("+ blur", dict(blur_p=1.0, view2=dict(blur_p=0.1, solarize_p=0.0))),
+    ("+ solarize", dict(view2=dict(blur_p=0.1, solarize_p=0.2))),
+    ("+ normalise (the full paper pipeline)", dict(mean=byol_rs.augment.IMAGENET_MEAN, std=byol_rs.augment.IMAGENET_STD)),
+]
 
 
 def profile(threads: int, repeats: int) -> None:
-    from torch.profiler import ProfilerActivity, profile as tprofile
-
-    for name, size, side, preset, n in [("224px paper", 224, 256, "byol", 64), ("32px paper", 32, 32, "byol", 256),
-                                        ("32px small_image", 32, 32, "small_image", 256)]:
+    for name, size, side, n in [("224px paper", 224, 256, 64), ("32px paper", 32, 32, 256)]:
         x = torch.from_numpy(photo_batch(n, side)).permute(0, 3, 1, 2).contiguous()
-        aug = byol_rs_augment(size, preset)
-        whole = median_ms(lambda: aug(x), repeats)
-        acc: dict = {}
-        staged_views(aug, x, {})  # warm-up
-        totals = []
-        for _ in range(repeats):
-            before = sum(acc.values())
-            staged_views(aug, x, acc)
-            totals.append(sum(acc.values()) - before)
-        staged = statistics.median(totals) * 1e3
-        print(f"\n## {name}, batch {n}, {threads} threads: Augment() {whole:.1f} ms per call; "
-              f"staged re-run {staged:.1f} ms (both views; mean over {repeats} runs per stage)")
-        print("| stage | ms per call | share |\n| --- | ---: | ---: |")
-        for key, secs in sorted(acc.items(), key=lambda kv: -kv[1]):
-            ms = secs / repeats * 1e3
-            print(f"| {key} | {ms:.2f} | {ms / staged:.0%} |")
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(repeats):
-                aug(x)
-        print(f"\nTop ATen ops inside Augment() (self CPU, per call):")
-        print("| op | calls per call | ms per call |\n| --- | ---: | ---: |")
-        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
-        for e in events:
-            print(f"| {e.key} | {e.count / repeats:.0f} | {e.self_cpu_time_total / repeats / 1e3:.2f} |")
+        print(f"\n## {name}, batch {n}, {threads} threads: median of {repeats} calls, ms per call")
+        print("| pipeline | ms per call | added by the stage |\n| --- | ---: | ---: |")
+        kwargs: dict = {}
+        before = 0.0
+        for stage, extra in STAGES:
+            kwargs = {**kwargs, **extra}
+            aug = byol_rs.Augment(size, seed=0, **kwargs)
+            ms = median_ms(lambda: aug(x), repeats)
+            print(f"| {stage} | {ms:.1f} | {ms - before:+.1f} |")
+            before = ms
 
 
 def main() -> None:
@@ -251,7 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for byol_rs (default: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (batch 4, one timed batch, no warm-up); never written")
-    parser.add_argument("--profile", action="store_true", help="break byol_rs's time down by stage and ATen op")
+    parser.add_argument("--profile", action="store_true", help="break byol_rs's time down by stage")
     parser.add_argument("--write", action="store_true", help="record the table in benches/RESULTS.md")
     args = parser.parse_args()
     if args.threads:

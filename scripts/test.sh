@@ -4,5 +4,5 @@ source "$(dirname "$0")/common.sh"
 ensure_venv
 ensure_fashion_mnist
 build_extension
-cargo test --quiet
+cargo test --release --quiet  # release: the vector-width tests need the optimiser's vectorised code
 python -m pytest -q "$@"

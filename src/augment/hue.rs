@@ -5,8 +5,9 @@ use crate::error::Result;
 use crate::parallel::{parallel_rows, Ptr};
 use tch::{Device, Kind, Tensor};
 
-#[inline]
-fn shift_pixel(r: f32, g: f32, b: f32, shift: f32) -> (f32, f32, f32) {
+/// One pixel, branch-free so that a loop over pixels vectorises: every `if` is a select.
+#[inline(always)]
+pub(super) fn shift_pixel(r: f32, g: f32, b: f32, shift: f32) -> (f32, f32, f32) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
     let eqc = maxc == minc;
@@ -19,27 +20,29 @@ fn shift_pixel(r: f32, g: f32, b: f32, shift: f32) -> (f32, f32, f32) {
     let hr = if !neq_r { bc - gc } else { 0.0 };
     let hb = if neq_r && !eq_g { (gc + 4.0) - rc } else { 0.0 };
     let h = ((hr + hg) + hb) * (1.0f64 / 6.0) as f32 + 1.0;
-    let h = h % 1.0; // fmod
+    // fmod(h, 1): h lies in [5/6, 11/6] here, where h - floor(h) is exact, as fmod is.
+    let h = h - h.floor();
     let h = h + shift;
     let h = h - h.floor(); // remainder(h, 1)
     let h6 = h * 6.0;
     let i = h6.floor();
     let f = h6 - i;
-    let i = (i as i64).rem_euclid(6);
+    let i = if i >= 6.0 { i - 6.0 } else { i }; // h6 may round up to 6
     let v = maxc;
     let sxf = s * f;
     let one_minus_s = 1.0 - s;
     let q = ((1.0 - sxf) * v).clamp(0.0, 1.0);
     let t = ((sxf + one_minus_s) * v).clamp(0.0, 1.0);
     let p = (one_minus_s * v).clamp(0.0, 1.0);
-    match i {
-        0 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
-    }
+    // The sextant i picks (r, g, b) from (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q).
+    let pick = |c: [f32; 6]| {
+        let mut out = c[5];
+        for k in (0..5).rev() {
+            out = if i == k as f32 { c[k] } else { out };
+        }
+        out
+    };
+    (pick([v, q, p, p, t, v]), pick([t, v, v, q, p, p]), pick([p, p, t, v, v, q]))
 }
 
 /// `x`: contiguous fp32 `[N, 3, H, W]` on the CPU; `shift[n]` in turns.

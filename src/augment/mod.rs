@@ -1,6 +1,7 @@
 //! BYOL's asymmetric augmentations on whole batches, with parameters drawn per sample
 //! (paper appendix B). Parameters come from a host RNG; the pixels never leave the device.
 pub mod config;
+mod cpu_view;
 mod hue;
 pub mod ops;
 pub mod params;
@@ -37,8 +38,9 @@ pub struct Augment {
     pub rng: Rng,
 }
 
-/// Float NCHW in [0, 1]: uint8 is divided by 255; NHWC is permuted.
-pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
+/// The batch indexed NCHW (NHWC is permuted, not copied), as uint8 0-255 or float32 in [0, 1],
+/// after the shape, dtype and (with `check`) range checks.
+fn unit_source(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
     let size = images.size();
     if size.len() != 4 {
         return Err(value_error("images", format!("expected a 4-D batch [N, C, H, W] or [N, H, W, C], got shape {size:?}")));
@@ -57,8 +59,8 @@ pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tens
         return Err(value_error("images", format!("expected a non-empty batch, got shape {size:?}")));
     }
     let x = if nhwc { images.f_permute([0, 3, 1, 2])? } else { images.shallow_clone() };
-    let x = match x.kind() {
-        Kind::Uint8 => x.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?,
+    match x.kind() {
+        Kind::Uint8 => Ok(x),
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
             let x = x.f_to_kind(Kind::Float)?;
             if check {
@@ -67,10 +69,16 @@ pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tens
                     return Err(value_error("images", format!("float images must lie in [0, 1] (got min {lo}, max {hi}); pass uint8 0-255 or scale first, or check=False")));
                 }
             }
-            x
+            Ok(x)
         }
-        k => return Err(value_error("images", format!("expected uint8 (0-255) or float (0-1) images, got {k:?}"))),
-    };
+        k => Err(value_error("images", format!("expected uint8 (0-255) or float (0-1) images, got {k:?}"))),
+    }
+}
+
+/// Contiguous float NCHW in [0, 1]: uint8 is divided by 255; NHWC is permuted.
+pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
+    let x = unit_source(images, layout, check)?;
+    let x = if x.kind() == Kind::Uint8 { x.f_to_kind(Kind::Float)?.f_div_scalar(255.0)? } else { x };
     Ok(x.f_contiguous()?)
 }
 
@@ -149,37 +157,37 @@ impl Augment {
 
     /// Two augmented views of `images`, each sample with its own parameters.
     pub fn views(&mut self, images: &Tensor, layout: Layout) -> Result<(Tensor, Tensor)> {
-        let x = to_unit_nchw(images, layout, self.config.check)?;
-        let channels = x.size()[1];
-        let (mean, std) = self.normalisation(channels, x.device())?;
-        let [n, _, h, w] = x.size()[..] else { unreachable!("checked 4-D") };
+        let src = unit_source(images, layout, self.config.check)?;
+        let [n, channels, h, w] = src.size()[..] else { unreachable!("checked 4-D") };
+        let (mean, std) = self.normalisation(channels)?;
         // Draw on a copy so that a failure below leaves the RNG where it was.
         let saved = self.rng.clone();
         let (p1, p2) = self.sample(n, h, w);
-        let kernel = self.config.blur_kernel_size();
+        let (size, kernel, kind) = (self.config.size, self.config.blur_kernel_size(), self.output_kind());
+        let (cfg1, cfg2) = (&self.config.view1, &self.config.view2);
         let out = (|| {
-            let (size, kind) = (self.config.size, self.output_kind());
-            // On CPU the views run at once, each task on one thread: at 28-32 px no op is big
-            // enough for ATen to split. Large batches are also cut into blocks of samples, one
-            // per thread, since view 1 (blur on every sample) costs more than view 2; small ones
-            // are not, as every block repeats the ~100 ops of a view and their fixed cost.
-            const MIN_BLOCK_PIXELS: i64 = 1 << 17;
-            let cpu = x.device() == Device::Cpu;
-            let pixels = n * size.0 * size.1;
-            let blocks = if cpu { (tch::get_num_threads().max(1) as i64).min(pixels / MIN_BLOCK_PIXELS).clamp(1, n) } else { 1 };
-            let mut tasks: Vec<crate::parallel::Task<'_, Tensor>> = vec![];
-            for (params, cfg) in [(&p1, &self.config.view1), (&p2, &self.config.view2)] {
-                for b in 0..blocks {
-                    let (start, end) = (n * b / blocks, n * (b + 1) / blocks);
-                    let xb = x.f_narrow(0, start, end - start)?;
-                    let pb = params[start as usize..end as usize].to_vec();
-                    let (cfg, m, s) = (cfg.clone(), mean.as_ref().map(Tensor::shallow_clone), std.as_ref().map(Tensor::shallow_clone));
-                    tasks.push(Box::new(move || normalise(apply_view(&xb, &pb, &cfg, size, kernel)?, &m, &s, kind)));
-                }
-            }
-            let mut v1 = if cpu { crate::parallel::run_tasks(tasks)? } else { tasks.into_iter().map(|t| t()).collect::<Result<Vec<_>>>()? };
-            let v2 = v1.split_off(blocks as usize);
-            Ok((Tensor::f_cat(&v1, 0)?, Tensor::f_cat(&v2, 0)?))
+            let (v1, v2) = if src.device() == Device::Cpu {
+                let plans = [cpu_view::ViewPlan { params: &p1, cfg: cfg1 }, cpu_view::ViewPlan { params: &p2, cfg: cfg2 }];
+                cpu_view::views_cpu(&src, plans, &cpu_view::Pipeline { size, blur_kernel: kernel, mean: &mean, std: &std })?
+            } else {
+                let x = to_unit_nchw(&src, Layout::Nchw, false)?;
+                let device = x.device();
+                let stats = if mean.is_empty() {
+                    None
+                } else {
+                    let t = |v: &[f32]| -> Result<Tensor> { Ok(factors(v.iter().map(|&x| x as f64), device)?.f_view([1, -1, 1, 1])?) };
+                    Some((t(&mean)?, t(&std)?))
+                };
+                let view = |ps: &[SampleParams], cfg: &ViewConfig| -> Result<Tensor> {
+                    let v = apply_view(&x, ps, cfg, size, kernel)?;
+                    Ok(match &stats {
+                        Some((m, s)) => v.f_sub(m)?.f_div(s)?,
+                        None => v,
+                    })
+                };
+                (view(&p1, cfg1)?, view(&p2, cfg2)?)
+            };
+            Ok((v1.f_to_kind(kind)?, v2.f_to_kind(kind)?))
         })();
         if out.is_err() {
             self.rng = saved;
@@ -187,16 +195,15 @@ impl Augment {
         out
     }
 
-    fn normalisation(&self, channels: i64, device: Device) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// The per-channel mean and std (empty when the pipeline does not normalise), checked
+    /// against the images' channel count.
+    fn normalisation(&self, channels: i64) -> Result<(Vec<f32>, Vec<f32>)> {
         let (mean, std) = (&self.config.mean, &self.config.std);
-        if mean.is_empty() {
-            return Ok((None, None));
-        }
-        if mean.len() != 1 && mean.len() as i64 != channels {
+        if !mean.is_empty() && mean.len() != 1 && mean.len() as i64 != channels {
             return Err(value_error("mean", format!("has {} values but the images have {channels} channel(s)", mean.len())));
         }
-        let t = |v: &[f64]| -> Result<Tensor> { Ok(factors(v.iter().copied(), device)?.f_view([1, -1, 1, 1])?) };
-        Ok((Some(t(mean)?), Some(t(std)?)))
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        Ok((f32s(mean), f32s(std)))
     }
 
     fn output_kind(&self) -> Kind {
@@ -206,13 +213,4 @@ impl Augment {
             _ => Kind::Float,
         }
     }
-}
-
-/// `(v - mean) / std` when the pipeline normalises, then the output dtype.
-fn normalise(v: Tensor, mean: &Option<Tensor>, std: &Option<Tensor>, kind: Kind) -> Result<Tensor> {
-    let v = match (mean, std) {
-        (Some(m), Some(s)) => v.f_sub(m)?.f_div(s)?,
-        _ => v,
-    };
-    Ok(v.f_to_kind(kind)?)
 }

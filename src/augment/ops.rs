@@ -6,7 +6,7 @@ use crate::error::{value_error, Result};
 use tch::{Kind, Tensor};
 
 /// torchvision's `rgb_to_grayscale` weights (ITU-R 601-2 luma).
-const LUMA: [f64; 3] = [0.2989, 0.587, 0.114];
+pub(super) const LUMA: [f64; 3] = [0.2989, 0.587, 0.114];
 
 fn per_sample(f: &Tensor) -> Result<Tensor> {
     Ok(f.f_view([-1, 1, 1, 1])?)
@@ -241,7 +241,7 @@ pub fn gaussian_blur(x: &Tensor, kernel: i64, sigma: &Tensor) -> Result<Tensor> 
     if half >= h || half >= w {
         return Err(value_error("blur_kernel", format!("kernel {kernel} is too large for {h}x{w} images (reflect padding needs kernel/2 < side)")));
     }
-    let lim = (kernel - 1) as f64 / (2.0 * std::f64::consts::SQRT_2);
+    let lim = blur_extent(kernel);
     let taps = Tensor::f_linspace(-lim, lim, kernel, (Kind::Float, x.device()))?;
     let k1 = taps.f_view([1, -1])?.f_div(&sigma.f_view([-1, 1])?)?.f_square()?.f_neg()?.f_softmax(1, Kind::Float)?;
     let k1 = k1.f_repeat_interleave_self_int(c, 0, None)?; // [N*C, K]
@@ -249,6 +249,25 @@ pub fn gaussian_blur(x: &Tensor, kernel: i64, sigma: &Tensor) -> Result<Tensor> 
     let vertical = padded.f_conv2d(&k1.f_view([n * c, 1, kernel, 1])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c)?;
     let both = vertical.f_conv2d(&k1.f_view([n * c, 1, 1, kernel])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], n * c)?;
     Ok(both.f_view([n, c, h, w])?)
+}
+
+/// torchvision's Gaussian taps run over [-lim, lim] in units of sigma.
+fn blur_extent(kernel: i64) -> f64 {
+    (kernel - 1) as f64 / (2.0 * std::f64::consts::SQRT_2)
+}
+
+/// The `kernel` normalised 1-D taps `gaussian_blur` uses for `sigma`, on the host: the same
+/// fp32 linspace and softmax, for `cpu_view`.
+pub(super) fn blur_taps(kernel: usize, sigma: f32) -> Vec<f32> {
+    let lim = blur_extent(kernel as i64);
+    let step = if kernel > 1 { 2.0 * lim / (kernel - 1) as f64 } else { 0.0 };
+    // ATen's linspace fills the first half from the start and the rest from the end.
+    let t = |i: usize| if i < kernel / 2 { -lim + step * i as f64 } else { lim - step * (kernel - 1 - i) as f64 };
+    let logits: Vec<f32> = (0..kernel).map(|i| -(t(i) as f32 / sigma).powi(2)).collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let total: f32 = e.iter().sum();
+    e.iter().map(|&v| v / total).collect()
 }
 
 pub fn solarize(x: &Tensor, threshold: f64) -> Result<Tensor> {

@@ -76,52 +76,136 @@ pub fn resized_crop_cpu(x: &Tensor, boxes: &[CropBox], size: (i64, i64), cubic: 
     let (src, dst) = (Ptr(x.data_ptr() as *mut f32), Ptr(out.data_ptr() as *mut f32));
     parallel_rows(n as usize, c * oh * ow, |start, rows| {
         let (src, dst) = (src, dst);
-        let mut rows_buf = vec![];
+        let mut scratch = CropScratch::default();
         for img in start..start + rows {
             let b = boxes[img];
-            let (top, left, ch, cw) = (b.top as usize, b.left as usize, b.height as usize, b.width as usize);
-            let (tx, ty) = (taps(cw, ow, cubic), taps(ch, oh, cubic));
+            let filter = CropFilter::new(b, size, cubic);
             for ci in 0..c {
                 let plane = unsafe { std::slice::from_raw_parts(src.0.add((img * c + ci) * h * w), h * w) };
                 let output = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * c + ci) * oh * ow), oh * ow) };
-                // Horizontal pass over the crop's rows (skipped, as in ATen, when the width stays).
-                rows_buf.clear();
-                rows_buf.resize(ch * ow, 0.0f32);
-                for y in 0..ch {
-                    let row = &plane[(top + y) * w + left..][..cw];
-                    let dst_row = &mut rows_buf[y * ow..][..ow];
-                    if cw == ow {
-                        dst_row.copy_from_slice(row);
-                        continue;
-                    }
-                    for (o, d) in dst_row.iter_mut().enumerate() {
-                        *d = weighted_sum(&tx.weights[o * tx.width..][..tx.count[o]], |k| row[tx.first[o] + k]);
-                    }
-                }
-                // Vertical pass.
-                if ch == oh {
-                    output.copy_from_slice(&rows_buf);
-                    continue;
-                }
-                for o in 0..oh {
-                    let wts = &ty.weights[o * ty.width..][..ty.count[o]];
-                    let first = ty.first[o];
-                    for x in 0..ow {
-                        output[o * ow + x] = weighted_sum(wts, |k| rows_buf[(first + k) * ow + x]);
-                    }
-                }
+                let (top, left, cw) = (b.top as usize, b.left as usize, b.width as usize);
+                filter.resample(|y, row| row.copy_from_slice(&plane[(top + y) * w + left..][..cw]), &mut scratch, output);
             }
         }
     });
     Ok(out)
 }
 
-/// `sum_k w[k] * v(k)`, accumulated in tap order from the first tap.
-#[inline]
-fn weighted_sum(w: &[f32], v: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = v(0) * w[0];
-    for (k, wk) in w.iter().enumerate().skip(1) {
-        acc += v(k) * wk;
+/// The separable filter of one crop box: horizontal taps over its width, vertical over its height.
+pub(super) struct CropFilter {
+    tx: Taps,
+    ty: Taps,
+    height: usize,
+    width: usize,
+}
+
+/// Per-thread buffers for `CropFilter::resample`, reused from image to image.
+#[derive(Default)]
+pub(super) struct CropScratch {
+    row: Vec<f32>,
+    tile: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+/// Crop rows filtered together by the horizontal pass: one AVX-512 vector of fp32.
+const LANES: usize = 16;
+
+impl CropFilter {
+    pub(super) fn new(b: CropBox, size: (i64, i64), cubic: bool) -> Self {
+        let (height, width) = (b.height as usize, b.width as usize);
+        Self { tx: taps(width, size.1 as usize, cubic), ty: taps(height, size.0 as usize, cubic), height, width }
     }
-    acc
+
+    /// One channel: `read_row(y, row)` fills `row` with the crop's row `y` (`width` values);
+    /// `output` is `[out_h, out_w]`.
+    #[inline(always)]
+    pub(super) fn resample(&self, mut read_row: impl FnMut(usize, &mut [f32]), scratch: &mut CropScratch, output: &mut [f32]) {
+        let (ch, cw) = (self.height, self.width);
+        let (oh, ow) = (self.ty.first.len(), self.tx.first.len());
+        let (tx, ty) = (&self.tx, &self.ty);
+        scratch.rows.resize(ch * ow, 0.0);
+        if cw == ow {
+            // The width stays: no horizontal pass, as in ATen.
+            for y in 0..ch {
+                read_row(y, &mut scratch.rows[y * ow..][..ow]);
+            }
+        } else {
+            // Horizontal pass, LANES crop rows at a time: the rows are transposed into `tile`
+            // (`[cw][LANES]`), so each output column sums its taps over whole vectors of rows.
+            scratch.row.resize(cw, 0.0);
+            scratch.tile.resize(cw * LANES, 0.0);
+            for y0 in (0..ch).step_by(LANES) {
+                let here = LANES.min(ch - y0);
+                for r in 0..here {
+                    read_row(y0 + r, &mut scratch.row);
+                    for (x, &v) in scratch.row.iter().enumerate() {
+                        scratch.tile[x * LANES + r] = v;
+                    }
+                }
+                let tile = &scratch.tile;
+                for o in 0..ow {
+                    let wts = &tx.weights[o * tx.width..][..tx.count[o]];
+                    let lanes = |k: usize| -> &[f32; LANES] { tile[(tx.first[o] + k) * LANES..][..LANES].try_into().expect("LANES values") };
+                    let mut acc = [0.0f32; LANES];
+                    let first = lanes(0);
+                    for l in 0..LANES {
+                        acc[l] = first[l] * wts[0];
+                    }
+                    for (k, &wk) in wts.iter().enumerate().skip(1) {
+                        let v = lanes(k);
+                        for l in 0..LANES {
+                            acc[l] += v[l] * wk;
+                        }
+                    }
+                    for (r, &a) in acc[..here].iter().enumerate() {
+                        scratch.rows[(y0 + r) * ow + o] = a;
+                    }
+                }
+            }
+        }
+        // Vertical pass.
+        let rows = &scratch.rows;
+        if ch == oh {
+            output.copy_from_slice(&rows[..oh * ow]);
+            return;
+        }
+        for o in 0..oh {
+            let wts = &ty.weights[o * ty.width..][..ty.count[o]];
+            let first = ty.first[o];
+            weighted_rows(&mut output[o * ow..][..ow], wts, |k| &rows[(first + k) * ow..][..ow]);
+        }
+    }
+}
+
+/// `out[x] = sum_k taps[k] * row(k)[x]`, each sum in tap order from the first, a block of
+/// outputs at a time so that the sums stay in vector registers. The core of every separable
+/// filter pass here.
+#[inline(always)]
+pub(super) fn weighted_rows<'a>(out: &mut [f32], taps: &[f32], row: impl Fn(usize) -> &'a [f32]) {
+    const BLOCK: usize = 32;
+    let n = out.len();
+    let mut x0 = 0;
+    while x0 + BLOCK <= n {
+        let block = |k: usize| -> &[f32; BLOCK] { row(k)[x0..x0 + BLOCK].try_into().expect("BLOCK values") };
+        let mut acc = [0.0f32; BLOCK];
+        let first = block(0);
+        for l in 0..BLOCK {
+            acc[l] = first[l] * taps[0];
+        }
+        for (k, &t) in taps.iter().enumerate().skip(1) {
+            let v = block(k);
+            for l in 0..BLOCK {
+                acc[l] += v[l] * t;
+            }
+        }
+        out[x0..x0 + BLOCK].copy_from_slice(&acc);
+        x0 += BLOCK;
+    }
+    for (x, o) in out.iter_mut().enumerate().skip(x0) {
+        let mut acc = row(0)[x] * taps[0];
+        for (k, &t) in taps.iter().enumerate().skip(1) {
+            acc += row(k)[x] * t;
+        }
+        *o = acc;
+    }
 }
