@@ -1,6 +1,7 @@
 //! AdamW (Loshchilov & Hutter, arXiv 1711.05101) with torch.optim.AdamW's update order:
-//! decoupled decay `w *= 1 - lr * wd`, then the bias-corrected Adam step.
-use super::{decay_per_element, named_state, Optimizer};
+//! decoupled decay `w *= 1 - lr * wd`, then the bias-corrected Adam step, computed as its
+//! single-tensor path does (`lerp_`, `addcmul_`, `sqrt / sqrt(c2) + eps`, `addcdiv_`).
+use super::{named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use tch::Tensor;
@@ -10,15 +11,17 @@ pub struct AdamW {
     eps: f64,
     exp_avg: FlatTensors,
     exp_avg_sq: FlatTensors,
-    /// `weight_decay` per element, 0 on excluded parameters.
+    /// `weight_decay` per parameter, 0 on excluded ones, and each parameter's element count.
     decay: Tensor,
+    spans: Tensor,
 }
 
 impl AdamW {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, betas: (f64, f64), eps: f64) -> Result<Self> {
         let (exp_avg, exp_avg_sq) = (params.zeros_like()?, params.zeros_like()?);
-        let decay = decay_per_element(params, excluded, &params.spans()?, weight_decay)?;
-        Ok(Self { betas, eps, exp_avg, exp_avg_sq, decay })
+        let per_param: Vec<f64> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay }).collect();
+        let decay = Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?;
+        Ok(Self { betas, eps, exp_avg, exp_avg_sq, decay, spans: params.spans()? })
     }
 }
 
@@ -27,15 +30,21 @@ impl Optimizer for AdamW {
         let _guard = tch::no_grad_guard();
         let (b1, b2) = self.betas;
         let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
-        let mut m_all = self.exp_avg.flat.shallow_clone();
-        let mut v_all = self.exp_avg_sq.flat.shallow_clone();
-        // Moments are elementwise: one kernel each over the flat buffers.
-        let _ = m_all.f_mul_scalar_(b1)?.f_add_(&(&grads.flat * (1.0 - b1)))?;
-        let _ = v_all.f_mul_scalar_(b2)?.f_add_(&(grads.flat.f_square()? * (1.0 - b2)))?;
-        let mut w_all = params.flat.shallow_clone();
-        let _ = w_all.f_mul_(&self.decay.f_mul_scalar(-lr)?.f_add_scalar(1.0)?)?;
-        let denom = (v_all / c2).f_sqrt()? + self.eps;
-        let _ = w_all.f_sub_(&((m_all / c1) / denom * lr))?;
+        // In place throughout, as LARS: the gradient buffer, cleared after the update anyway,
+        // holds g^2 and then the step; no buffer-sized temporaries (fresh memory page-faults on CPU).
+        let w = params.flat.shallow_clone();
+        let mut g = grads.flat.shallow_clone();
+        let (mut m, mut v) = (self.exp_avg.flat.shallow_clone(), self.exp_avg_sq.flat.shallow_clone());
+        params.mul_slices_(&w, &self.decay.f_mul_scalar(-lr)?.f_add_scalar(1.0)?, &self.spans)?;
+        let _ = m.f_lerp_(&g, 1.0 - b1)?;
+        let _ = g.f_mul_(&g.shallow_clone())?;
+        // 0-dim factors are fills on the device, not host-to-device copies (which would synchronise).
+        let scalar = |x: f64| Tensor::f_full([], x, (w.kind(), w.device()));
+        let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &scalar(1.0 - b2)?)?;
+        let _ = v.f_sqrt_out(&g)?;
+        let _ = g.f_div_scalar_(c2.sqrt())?.f_add_scalar_(self.eps)?;
+        let _ = m.f_div_out(&g, &g)?;
+        let _ = w.shallow_clone().f_addcmul_(&g, &scalar(-lr / c1)?)?;
         Ok(())
     }
 

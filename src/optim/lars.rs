@@ -6,7 +6,7 @@
 //! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are applied
 //! to each parameter's span (`FlatTensors::mul_slices_`), and all norms come from one
 //! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
-use super::{decay_per_element, named_state, Optimizer};
+use super::{named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use crate::shim;
@@ -64,4 +64,12 @@ impl Optimizer for Lars {
     fn flat_state(&self) -> Vec<Tensor> {
         vec![self.buffers.flat.shallow_clone()]
     }
+}
+
+/// `weight_decay` for every element of a parameter that takes it and 0 for `excluded` ones,
+/// over the flat buffer: decay as one elementwise kernel instead of one per parameter.
+fn decay_per_element(params: &FlatTensors, excluded: &[bool], spans: &Tensor, weight_decay: f64) -> Result<Tensor> {
+    let per_param: Vec<f32> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay as f32 }).collect();
+    let per_param = Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?;
+    params.spread(&per_param, spans)
 }

@@ -67,14 +67,6 @@ pub fn build(cfg: &OptimConfig, params: &FlatTensors, excluded: &[bool]) -> Resu
     }
 }
 
-/// `weight_decay` for every element of a parameter that takes it and 0 for `excluded` ones,
-/// over the flat buffer: decay as one elementwise kernel instead of one per parameter.
-fn decay_per_element(params: &FlatTensors, excluded: &[bool], spans: &Tensor, weight_decay: f64) -> Result<Tensor> {
-    let per_param: Vec<f32> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay as f32 }).collect();
-    let per_param = Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?;
-    params.spread(&per_param, spans)
-}
-
 /// Named views of a state buffer: `<param>.<slot>`.
 fn named_state(slot: &str, buf: &FlatTensors) -> Vec<(String, Tensor)> {
     buf.named().map(|(n, t)| (format!("{n}.{slot}"), t.shallow_clone())).collect()
