@@ -107,7 +107,9 @@ fn rows_where(ps: &[SampleParams], pred: impl Fn(&SampleParams) -> bool) -> Vec<
     ps.iter().enumerate().filter(|(_, p)| pred(p)).map(|(i, _)| i as i64).collect()
 }
 
-/// One view of the batch `x` (float NCHW in [0, 1]) with the given per-sample parameters.
+/// One view of the batch `x` (float NCHW in [0, 1]) with the given per-sample parameters, as
+/// batched ATen ops: the path for CUDA and other devices (the CPU runs `cpu_view`, the same
+/// steps sample by sample).
 pub fn apply_view(x: &Tensor, ps: &[SampleParams], cfg: &ViewConfig, size: (i64, i64), blur_kernel: i64) -> Result<Tensor> {
     let device = x.device();
     let boxes: Vec<_> = ps.iter().map(|p| p.crop).collect();

@@ -625,6 +625,23 @@ def test_nchw_and_nhwc_uint8_give_the_same_views(channels):
     assert torch.equal(got[0], ref[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("strided", ["nhwc_storage", "expanded", "sliced"])
+def test_strided_inputs_give_the_views_of_their_contiguous_copy(strided, dtype):
+    # The CPU kernel reads the batch through its strides; no layout may change a value.
+    base = photos_uint8(2)
+    base = base if dtype == torch.uint8 else base.float() / 255
+    if strided == "nhwc_storage":
+        x = base.contiguous(memory_format=torch.channels_last)  # NCHW shape, NHWC strides
+    elif strided == "expanded":
+        x = base[:1].expand(5, -1, -1, -1)  # batch stride 0
+    else:
+        x = base[:, :, 3:90:2, 1::3]  # offset and steps in both spatial axes
+    got = byol_rs.Augment(40, seed=11)(x)
+    want = byol_rs.Augment(40, seed=11)(x.contiguous())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_uint8_and_float_input_agree(dtype):
     x = photos_uint8(2)
