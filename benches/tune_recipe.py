@@ -6,7 +6,8 @@ defaults overridden, then full-set weighted kNN and linear probe. Prints one JSO
 
 EPOCHS > 0 trains that many epochs (accuracy independent of machine load); a negative value is a
 wall-time budget in minutes, as `byol-rs train` runs it. Keys are TrainConfig fields; "aug" holds
-Augment.small_image overrides (view settings for both views). No periodic kNN, no checkpoints.
+Augment.small_image overrides (view settings for both views, or "size", the views' side). No
+periodic kNN, no checkpoints.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def main() -> None:
     def augment(cfg, d):
         mean, std = d.mean_std()
         views = {"blur_p": cfg.blur_p, **aug_over}
-        return Augment.small_image(d.size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **views)
+        size = views.pop("size", d.size)  # the views' side; evaluation still sees whole images
+        return Augment.small_image(size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **views)
 
     trainer._augment = augment
     length = dict(epochs=budget, minutes=None) if budget > 0 else dict(epochs=None, minutes=-budget)
