@@ -49,7 +49,7 @@ def main() -> None:
     def augment(cfg, d):
         mean, std = d.mean_std()
         views = {"blur_p": cfg.blur_p, **aug_over}
-        size = views.pop("size", d.size)  # the views' side; evaluation still sees whole images
+        size = views.pop("size", trainer.view_size(cfg, d))  # evaluation still sees whole images
         return Augment.small_image(size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **views)
 
     trainer._augment = augment

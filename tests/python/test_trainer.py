@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from byol_rs.cli import main
-from byol_rs.trainer import TrainConfig, Trainer, TrainError
+from byol_rs.trainer import TrainConfig, Trainer, TrainError, view_size
 
 TINY = dict(dataset="digits", batch_size=128, projector_hidden=64, projection_dim=32,
             progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
@@ -84,6 +84,27 @@ def test_report_files_and_gain_fields(tmp_path):
     assert lines[0].startswith("step,epoch,seconds,loss,lr,tau,z_std,knn") and len(lines) == report["steps"] + 1
     cells = [line.split(",") for line in lines[1:]]  # loss and z_std are read after the steps, then written
     assert all(0 <= float(c[3]) <= 8 and 0 < float(c[6]) <= 1 for c in cells)
+
+
+@pytest.mark.parametrize("fraction,side,expected", [(0.72, 28, 20), (0.72, 16, 12), (0.72, 8, 8), (0.5, 10, 8),
+                                                      (1.0, 28, 28), (0.86, 28, 24)])
+def test_view_size_is_the_rounded_fraction_within_8_px_and_the_image(fraction, side, expected):
+    data = type("Data", (), {"size": side})()
+    assert view_size(TrainConfig(view_fraction=fraction), data) == expected
+
+
+def test_views_are_made_at_the_view_size_and_evaluation_sees_whole_images(tmp_path):
+    t = Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY))  # digits: 16 px -> 12 px views
+    assert t.data.size == 16 and list(t.learner.config["augment"]["size"]) == [12, 12]
+    t.train()
+    report = t.report()  # embeds the 16 px test images: the ConvNet pools globally
+    assert 0.1 < report["trained"]["knn"] <= 1 and report["config"]["view_fraction"] == 0.72
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_view_fraction_outside_0_1_is_refused(fraction, tmp_path):
+    with pytest.raises(TrainError, match="view_fraction"):
+        Trainer(TrainConfig(epochs=1, out=str(tmp_path), view_fraction=fraction, **TINY))
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
