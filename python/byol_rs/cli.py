@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
 
     fields = dict(dataset=args.dataset, data_dir=args.data, backbone=args.backbone,
                   batch_size=args.batch_size, preset=args.preset, optimizer=args.optimizer,
-                  lr=args.lr, device=args.device, seed=args.seed, out=args.out,
+                  lr=args.lr, view_fraction=args.view_fraction, device=args.device, seed=args.seed, out=args.out,
                   eval_every_minutes=args.eval_every, checkpoint_every_minutes=args.checkpoint_every,
                   progress=not args.no_progress)
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=["40ep", "100ep", "300ep", "1000ep"], help="the paper's lr / weight decay / tau for that length")
     t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
     t.add_argument("--lr", type=_positive(float), help="base learning rate per 256 images")
+    t.add_argument("--view-fraction", type=_positive(float), metavar="F",
+                   help="training views' side as a fraction of the images' (default 0.72; 1: full size)")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", metavar="DIR", help="where metrics, report, plot and checkpoint go (default runs/byol)")

@@ -144,7 +144,7 @@ class Trainer:
         self.rank, self.world, device = join_torchrun(cfg.device)
         self.cfg = cfg = replace(cfg, device=device)
         if not 0 < cfg.view_fraction <= 1:
-            raise TrainError(f"view_fraction: expected a number in (0, 1], got {cfg.view_fraction!r}")
+            raise TrainError(f"view_fraction (--view-fraction): expected a number in (0, 1], got {cfg.view_fraction!r}")
         if cfg.batch_size % self.world:
             raise TrainError(f"--batch-size {cfg.batch_size} does not split evenly over {self.world} ranks")
         self.out = Path(cfg.out)

@@ -121,6 +121,7 @@ def _cli(*args, **kw):
 @pytest.mark.parametrize("args,needle", [
     (["train", "--bogus"], "unrecognized arguments"),
     (["train", "--minutes", "-1"], "must be > 0"),
+    (["train", "--dataset", "digits", "--view-fraction", "1.5"], "--view-fraction): expected a number in (0, 1]"),
     (["train", "--dataset", "digits", "--batch-size", "5000"], "larger than the training set"),
     (["train", "--dataset", "digits", "--out", "/proc/no/such"], "not writable"),
     (["train", "--data", "/no/such/dir"], "apt-get install dataset-fashion-mnist"),
