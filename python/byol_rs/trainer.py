@@ -70,8 +70,8 @@ def view_size(cfg: TrainConfig, d: datasets.ImageData) -> int:
     """The training views' side: ``view_fraction`` of the images', rounded, at least 8 px (the
     ConvNet's three 2x2 pools) and at most the images' own. Random resized crops enlarge objects,
     so views smaller than the test images show objects at about their test size (the FixRes
-    effect), and each step costs fewer pixels: 20 px views of 28 px Fashion-MNIST train 1.7x as
-    many images in the same time (benches/RESULTS.md, probes AA-AC)."""
+    effect), and each step costs fewer pixels: 20 px views of 28 px Fashion-MNIST train about
+    1.6x as many images in the same time (benches/RESULTS.md, probes AA-AD)."""
     return min(d.size, max(8, round(cfg.view_fraction * d.size)))
 
 
