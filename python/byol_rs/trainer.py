@@ -221,9 +221,10 @@ class Trainer:
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
         mine["crop_scale"] = tuple(mine["crop_scale"])
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        diff = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" if k in theirs else f"{k}: not in that checkpoint (an older byol-rs), {mine[k]!r} now"
+                for k in sorted(k for k in mine if mine[k] != theirs.get(k))]
         if diff:
-            raise TrainError(f"--resume: the checkpoint in {self.out} was made with a different config ({', '.join(diff)})")
+            raise TrainError(f"--resume: the checkpoint in {self.out} was made with a different config ({'; '.join(diff)})")
         self.total_steps = state["total_steps"]
         self.elapsed = state["elapsed"]
         self.rows = state["rows"]

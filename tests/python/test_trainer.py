@@ -110,8 +110,14 @@ def test_view_fraction_outside_0_1_is_refused(fraction, tmp_path):
 def test_resume_with_a_different_config_is_refused(tmp_path):
     t = Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY))
     t.train()
-    with pytest.raises(TrainError, match="different config.*batch_size"):
+    with pytest.raises(TrainError, match="different config.*batch_size: 128 there, 64 now"):
         Trainer(TrainConfig(epochs=1, out=str(tmp_path), **{**TINY, "batch_size": 64}), resume=True)
+    # a checkpoint from before a config field existed names the field
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    del state["config"]["view_fraction"]
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(TrainError, match="view_fraction: not in that checkpoint"):
+        Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY), resume=True)
 
 
 def _cli(*args, **kw):
