@@ -79,9 +79,8 @@ pub fn views_cpu(images: &Tensor, plans: [ViewPlan<'_>; 2], pipe: &Pipeline<'_>)
     debug_assert!(images.device() == Device::Cpu && matches!(images.kind(), Kind::Uint8 | Kind::Float));
     let [n, c, ..] = images.size()[..] else { unreachable!("checked 4-D") };
     let (oh, ow) = (pipe.size.0 as usize, pipe.size.1 as usize);
-    let outs = [(); 2].map(|_| Tensor::f_empty([n, c, pipe.size.0, pipe.size.1], (Kind::Float, Device::Cpu)));
-    let [v1, v2] = outs;
-    let (v1, v2) = (v1?, v2?);
+    let empty = || Tensor::f_empty([n, c, pipe.size.0, pipe.size.1], (Kind::Float, Device::Cpu));
+    let (v1, v2) = (empty()?, empty()?);
     let dst = [Ptr(v1.data_ptr() as *mut f32), Ptr(v2.data_ptr() as *mut f32)];
     let src = Source::new(images);
     let (n, c) = (n as usize, c as usize);
@@ -221,23 +220,27 @@ fn clamp_unit(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
 }
 
-/// torchvision's luma of a `[3, plane]` sample, summed in its order.
+/// torchvision's luma of one pixel, summed in its order.
+#[inline(always)]
+fn luma(r: f32, g: f32, b: f32) -> f32 {
+    r * LUMA[0] as f32 + g * LUMA[1] as f32 + b * LUMA[2] as f32
+}
+
+/// The luma plane of a `[3, plane]` sample.
 #[inline(always)]
 fn luma_into(x: &[f32], gray: &mut [f32]) {
-    let (w0, w1, w2) = (LUMA[0] as f32, LUMA[1] as f32, LUMA[2] as f32);
     let (r, rest) = x.split_at(gray.len());
     let (g, b) = rest.split_at(gray.len());
     for (k, o) in gray.iter_mut().enumerate() {
-        *o = r[k] * w0 + g[k] * w1 + b[k] * w2;
+        *o = luma(r[k], g[k], b[k]);
     }
 }
 
 #[inline(always)]
 fn luma_mean(x: &[f32], plane: usize) -> f64 {
-    let (w0, w1, w2) = (LUMA[0] as f32, LUMA[1] as f32, LUMA[2] as f32);
     let (r, rest) = x.split_at(plane);
     let (g, b) = rest.split_at(plane);
-    let sum: f64 = (0..plane).map(|k| (r[k] * w0 + g[k] * w1 + b[k] * w2) as f64).sum();
+    let sum: f64 = (0..plane).map(|k| luma(r[k], g[k], b[k]) as f64).sum();
     sum / plane as f64
 }
 

@@ -145,18 +145,7 @@ impl CropFilter {
                 let tile = &scratch.tile;
                 for o in 0..ow {
                     let wts = &tx.weights[o * tx.width..][..tx.count[o]];
-                    let lanes = |k: usize| -> &[f32; LANES] { tile[(tx.first[o] + k) * LANES..][..LANES].try_into().expect("LANES values") };
-                    let mut acc = [0.0f32; LANES];
-                    let first = lanes(0);
-                    for l in 0..LANES {
-                        acc[l] = first[l] * wts[0];
-                    }
-                    for (k, &wk) in wts.iter().enumerate().skip(1) {
-                        let v = lanes(k);
-                        for l in 0..LANES {
-                            acc[l] += v[l] * wk;
-                        }
-                    }
+                    let acc = weighted_block::<LANES>(wts, |k| tile[(tx.first[o] + k) * LANES..][..LANES].try_into().expect("LANES values"));
                     for (r, &a) in acc[..here].iter().enumerate() {
                         scratch.rows[(y0 + r) * ow + o] = a;
                     }
@@ -187,18 +176,7 @@ pub(super) fn weighted_rows<'a>(out: &mut [f32], taps: &[f32], row: impl Fn(usiz
     let mut x0 = 0;
     while x0 + BLOCK <= n {
         let block = |k: usize| -> &[f32; BLOCK] { row(k)[x0..x0 + BLOCK].try_into().expect("BLOCK values") };
-        let mut acc = [0.0f32; BLOCK];
-        let first = block(0);
-        for l in 0..BLOCK {
-            acc[l] = first[l] * taps[0];
-        }
-        for (k, &t) in taps.iter().enumerate().skip(1) {
-            let v = block(k);
-            for l in 0..BLOCK {
-                acc[l] += v[l] * t;
-            }
-        }
-        out[x0..x0 + BLOCK].copy_from_slice(&acc);
+        out[x0..x0 + BLOCK].copy_from_slice(&weighted_block(taps, block));
         x0 += BLOCK;
     }
     for (x, o) in out.iter_mut().enumerate().skip(x0) {
@@ -208,4 +186,22 @@ pub(super) fn weighted_rows<'a>(out: &mut [f32], taps: &[f32], row: impl Fn(usiz
         }
         *o = acc;
     }
+}
+
+/// `sum_k taps[k] * lanes(k)` for L lanes at once, in tap order from the first: a fixed size,
+/// so the sums stay in vector registers.
+#[inline(always)]
+fn weighted_block<'a, const L: usize>(taps: &[f32], lanes: impl Fn(usize) -> &'a [f32; L]) -> [f32; L] {
+    let mut acc = [0.0f32; L];
+    let first = lanes(0);
+    for l in 0..L {
+        acc[l] = first[l] * taps[0];
+    }
+    for (k, &t) in taps.iter().enumerate().skip(1) {
+        let v = lanes(k);
+        for l in 0..L {
+            acc[l] += v[l] * t;
+        }
+    }
+    acc
 }

@@ -1,7 +1,7 @@
 //! AdamW (Loshchilov & Hutter, arXiv 1711.05101) with torch.optim.AdamW's update order:
 //! decoupled decay `w *= 1 - lr * wd`, then the bias-corrected Adam step, computed as its
 //! single-tensor path does (`lerp_`, `addcmul_`, `sqrt / sqrt(c2) + eps`, `addcdiv_`).
-use super::{named_state, Optimizer};
+use super::{decay_per_param, device_scalar, named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use tch::Tensor;
@@ -19,8 +19,7 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, betas: (f64, f64), eps: f64) -> Result<Self> {
         let (exp_avg, exp_avg_sq) = (params.zeros_like()?, params.zeros_like()?);
-        let per_param: Vec<f64> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay }).collect();
-        let decay = Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?;
+        let decay = decay_per_param(params, excluded, weight_decay)?;
         Ok(Self { betas, eps, exp_avg, exp_avg_sq, decay, spans: params.spans()? })
     }
 }
@@ -38,13 +37,11 @@ impl Optimizer for AdamW {
         params.mul_slices_(&w, &self.decay.f_mul_scalar(-lr)?.f_add_scalar(1.0)?, &self.spans)?;
         let _ = m.f_lerp_(&g, 1.0 - b1)?;
         let _ = g.f_mul_(&g.shallow_clone())?;
-        // 0-dim factors are fills on the device, not host-to-device copies (which would synchronise).
-        let scalar = |x: f64| Tensor::f_full([], x, (w.kind(), w.device()));
-        let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &scalar(1.0 - b2)?)?;
+        let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &device_scalar(1.0 - b2, &w)?)?;
         let _ = v.f_sqrt_out(&g)?;
         let _ = g.f_div_scalar_(c2.sqrt())?.f_add_scalar_(self.eps)?;
         let _ = m.f_div_out(&g, &g)?;
-        let _ = w.shallow_clone().f_addcmul_(&g, &scalar(-lr / c1)?)?;
+        let _ = w.shallow_clone().f_addcmul_(&g, &device_scalar(-lr / c1, &w)?)?;
         Ok(())
     }
 

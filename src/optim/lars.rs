@@ -6,7 +6,7 @@
 //! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are applied
 //! to each parameter's span (`FlatTensors::mul_slices_`), and all norms come from one
 //! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
-use super::{named_state, Optimizer};
+use super::{decay_per_param, device_scalar, named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use crate::shim;
@@ -27,7 +27,7 @@ impl Lars {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, momentum: f64, eta: Option<f64>) -> Result<Self> {
         let spans = params.spans()?;
         let adapted = Tensor::from_slice(&excluded.iter().map(|&e| !e).collect::<Vec<_>>()).f_to_device(params.flat.device())?;
-        let decay = decay_per_element(params, excluded, &spans, weight_decay)?;
+        let decay = params.spread(&decay_per_param(params, excluded, weight_decay)?, &spans)?;
         Ok(Self { momentum, eta, buffers: params.zeros_like()?, decay, spans, adapted })
     }
 }
@@ -51,9 +51,7 @@ impl Optimizer for Lars {
         }
         let mut m = self.buffers.flat.shallow_clone();
         let _ = m.f_mul_scalar_(self.momentum)?.f_add_(&g)?;
-        // A fill on the device, not a host-to-device copy (which would synchronise).
-        let neg_lr = Tensor::f_full([], -lr, (w.kind(), w.device()))?;
-        let _ = w.shallow_clone().f_addcmul_(&m, &neg_lr)?;
+        let _ = w.shallow_clone().f_addcmul_(&m, &device_scalar(-lr, w)?)?;
         Ok(())
     }
 
@@ -64,12 +62,4 @@ impl Optimizer for Lars {
     fn flat_state(&self) -> Vec<Tensor> {
         vec![self.buffers.flat.shallow_clone()]
     }
-}
-
-/// `weight_decay` for every element of a parameter that takes it and 0 for `excluded` ones,
-/// over the flat buffer: decay as one elementwise kernel instead of one per parameter.
-fn decay_per_element(params: &FlatTensors, excluded: &[bool], spans: &Tensor, weight_decay: f64) -> Result<Tensor> {
-    let per_param: Vec<f32> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay as f32 }).collect();
-    let per_param = Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?;
-    params.spread(&per_param, spans)
 }

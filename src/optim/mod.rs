@@ -67,6 +67,18 @@ pub fn build(cfg: &OptimConfig, params: &FlatTensors, excluded: &[bool]) -> Resu
     }
 }
 
+/// `weight_decay` per parameter, 0 for `excluded` ones, as a `[P]` tensor beside the buffer.
+fn decay_per_param(params: &FlatTensors, excluded: &[bool], weight_decay: f64) -> Result<Tensor> {
+    let per_param: Vec<f64> = excluded.iter().map(|&e| if e { 0.0 } else { weight_decay }).collect();
+    Ok(Tensor::from_slice(&per_param).f_to_device(params.flat.device())?.f_to_kind(params.flat.kind())?)
+}
+
+/// A 0-dim factor like `like`'s: a fill on its device, not a host-to-device copy (which would
+/// synchronise a CUDA step).
+fn device_scalar(x: f64, like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_full([], x, (like.kind(), like.device()))?)
+}
+
 /// Named views of a state buffer: `<param>.<slot>`.
 fn named_state(slot: &str, buf: &FlatTensors) -> Vec<(String, Tensor)> {
     buf.named().map(|(n, t)| (format!("{n}.{slot}"), t.shallow_clone())).collect()
