@@ -10,13 +10,20 @@ fn main() {
     let include = lib.parent().expect("torch lib dir has a parent").join("include");
 
     println!("cargo:rerun-if-changed=src/shim/ops.cpp");
+    println!("cargo:rerun-if-changed=src/shim/batch_norm.cpp");
     cc::Build::new()
         .cpp(true)
         .file("src/shim/ops.cpp")
+        .file("src/shim/batch_norm.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag_if_supported("-Wno-unused-parameter")
+        // batch_norm.cpp's forward and backward must round the pre-activation identically.
+        .flag("-ffp-contract=off")
+        // at::parallel_for is header code that runs serially unless OpenMP is on; it then uses
+        // torch's own libgomp (linked below), so there is one OpenMP runtime and thread pool.
+        .flag("-fopenmp")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .compile("byol_shim");
@@ -24,6 +31,7 @@ fn main() {
     for name in ["torch_cpu", "c10"] {
         println!("cargo:rustc-link-lib=dylib={name}");
     }
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
 
     // The extension sits beside `torch/` in site-packages: find its libraries relative to itself.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-rpath,$ORIGIN/../torch/lib");

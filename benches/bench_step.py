@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import resource
+import os
 import subprocess
 import sys
 
@@ -109,13 +108,29 @@ def views(c):
 
 
 def peak_rss_mb(case, side, steps):
-    """ru_maxrss of a child that runs only this side."""
+    """Peak resident memory a child gains while it builds one side's model and runs `steps` steps:
+    its peak RSS (VmHWM, reset through /proc/self/clear_refs once torch and the views are loaded)
+    minus its RSS at that point, so that the 3 GB of mapped torch libraries drop out."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r});"
-            f"import bench_step as b, resource; c=b.CASES[{case!r}]; f=b.make({side!r}, c); v=b.views(c)\n"
+            f"import bench_step as b; c=b.CASES[{case!r}]; v=b.views(c)\n"
+            "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1])\n"
+            "base = kb('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5')\n"
+            f"f=b.make({side!r}, c)\n"
             f"for _ in range({steps}): f(*v)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print((kb('VmHWM:') - base) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def without_fused_bn(f):
+    """The step with PyTorch's BN kernels instead of the engine's fused BN (norm.rs)."""
+    def step(v1, v2):
+        os.environ["BYOL_RS_FUSED_BN"] = "0"
+        try:
+            return f(v1, v2)
+        finally:
+            del os.environ["BYOL_RS_FUSED_BN"]
+    return step
 
 
 def main():
@@ -131,6 +146,7 @@ def main():
         v1, v2 = views(c)
         sides = {"pytorch (lightly-style)": make("torch", c), "byol_rs": make("ours", c),
                  "byol_rs, channels_last=False": make("ours", c, channels_last=False),
+                 "byol_rs, PyTorch's BN (BYOL_RS_FUSED_BN=0)": without_fused_bn(make("ours", c)),
                  "pytorch, hand-tuned channels_last": make("torch", c, channels_last=True)}
         ms = interleaved_median_ms({name: (lambda f=f: f(v1, v2)) for name, f in sides.items()}, args.steps)
         mem = {} if args.no_memory else {"pytorch (lightly-style)": peak_rss_mb(case, "torch", 2), "byol_rs": peak_rss_mb(case, "ours", 2)}
@@ -140,8 +156,9 @@ def main():
         print("\n".join(rows[-len(sides):]), flush=True)
     table = results_table(
         f"Command: `python benches/bench_step.py --steps {args.steps} --write` (CPU, {torch.get_num_threads()} threads). "
-        "Median step time over the steps after one warm-up, the sides interleaved step by step; peak RSS from a child process running 2 steps of one side.",
-        ["case", "side", "img/s", "speed-up", "peak RSS MB"], "llrrr", rows)
+        "Median step time over the steps after one warm-up, the sides interleaved step by step. Peak memory: "
+        "what a child process's peak RSS grows by while it builds one side's model and runs 2 steps.",
+        ["case", "side", "img/s", "speed-up", "peak memory MB"], "llrrr", rows)
     print(table)
     if args.write:
         write_section("step", "## Training step vs pure-PyTorch BYOL (issue 3)\n\n" + table)

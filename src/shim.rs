@@ -159,3 +159,44 @@ impl Drop for HostCopy {
         }
     }
 }
+
+extern "C" {
+    fn byol_batch_norm_act(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        b: *const C_tensor,
+        residual: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        relu: i32,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// Training-mode BN fused with what follows it, `relu?(bn(x) + residual?)`, as one autograd op
+/// (`shim/batch_norm.cpp`); updates the running statistics. `None` when the inputs are not
+/// fp32 CPU rows of channels (NHWC-contiguous 4-D or contiguous 2-D): the caller then uses ATen.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    residual: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let r = residual.map_or(std::ptr::null(), |t| t.as_ptr());
+    check(unsafe {
+        byol_batch_norm_act(
+            x.as_ptr(), w.as_ptr(), b.as_ptr(), r, running_mean.as_ptr(), running_var.as_ptr(),
+            momentum, eps, relu as i32, &mut out,
+        )
+    })?;
+    Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+}

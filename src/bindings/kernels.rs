@@ -44,7 +44,31 @@ fn warmup_cosine_lr(py: Python<'_>, step: i64, total_steps: i64, warmup_steps: i
     run(py, move || schedule::warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, final_lr))
 }
 
+/// The engine's fused training-mode `relu?(batch_norm(x) + residual?)` (for tests and benches):
+/// `None` where the inputs are not fp32 CPU rows of channels and the engine would use ATen.
+#[pyfunction]
+#[pyo3(signature = (x, weight, bias, running_mean, running_var, residual=None, relu=true, momentum=0.1, eps=1e-5))]
+#[allow(clippy::too_many_arguments)]
+fn _batch_norm_act(
+    py: Python<'_>,
+    x: PyTensor,
+    weight: PyTensor,
+    bias: PyTensor,
+    running_mean: PyTensor,
+    running_var: PyTensor,
+    residual: Option<PyTensor>,
+    relu: bool,
+    momentum: f64,
+    eps: f64,
+) -> PyResult<Option<PyTensor>> {
+    let out = run(py, move || {
+        crate::shim::batch_norm_act(&x, &weight, &bias, residual.as_deref(), &running_mean, &running_var, momentum, eps, relu)
+    })?;
+    Ok(out.map(PyTensor))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_batch_norm_act, m)?)?;
     m.add_function(wrap_pyfunction!(byol_loss_forward, m)?)?;
     m.add_function(wrap_pyfunction!(byol_loss_backward, m)?)?;
     m.add_function(wrap_pyfunction!(ema_update_, m)?)?;

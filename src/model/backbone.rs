@@ -88,21 +88,16 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let skip = match &self.downsample {
+            Some((c, b)) => b.forward_act(&x.apply(c), train, None, false),
+            None => x.shallow_clone(),
+        };
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            h = h.apply(c).apply_t(b, train);
-            if i != last {
-                h = h.relu_();
-            }
+            h = if i == last { b.forward_act(&h.apply(c), train, Some(&skip), true) } else { b.forward_act(&h.apply(c), train, None, true) };
         }
-        let skip = match &self.downsample {
-            Some((c, b)) => x.apply(c).apply_t(b, train),
-            None => x.shallow_clone(),
-        };
-        // Into the BN output, which BN's backward does not need (torchvision's `out += identity`).
-        h += skip;
-        h.relu_()
+        h
     }
 }
 
@@ -176,26 +171,23 @@ fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbon
     Backbone::ConvNet { blocks }
 }
 
-// Max-pool runs before ReLU: the two commute (values and gradients alike, ties included, since
-// ReLU's gradient is zero wherever a tie at zero could route it), and ReLU then touches a quarter
-// of the values. ReLU runs in place, as torchvision's does: neither BN's nor max-pool's backward
-// needs its output, and a fresh activation-sized tensor costs page faults on CPU.
+// ReLU runs before max-pool, fused with the BN before it (`Norm::forward_act`); the two
+// commute exactly, values and gradients alike.
 impl ModuleT for Backbone {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let h = match self {
             Backbone::ResNet { stem, max_pool, blocks } => {
-                let mut h = x.apply(&stem.0).apply_t(&stem.1, train);
+                let mut h = stem.1.forward_act(&x.apply(&stem.0), train, None, true);
                 if *max_pool {
                     h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
                 }
-                blocks.iter().fold(h.relu_(), |h, b| b.forward_t(&h, train))
+                blocks.iter().fold(h, |h, b| b.forward_t(&h, train))
             }
             Backbone::ConvNet { blocks } => {
                 let last = blocks.len() - 1;
                 blocks.iter().enumerate().fold(x.shallow_clone(), |h, (i, (c, b))| {
-                    let h = h.apply(c).apply_t(b, train);
-                    let mut h = if i < last { h.max_pool2d_default(2) } else { h };
-                    h.relu_()
+                    let h = b.forward_act(&h.apply(c), train, None, true);
+                    if i < last { h.max_pool2d_default(2) } else { h }
                 })
             }
         };

@@ -21,6 +21,6 @@ pub fn mlp(p: &nn::Path, in_dim: i64, hidden: i64, out: i64, sync: Option<&SyncH
 
 impl ModuleT for Mlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.hidden).apply_t(&self.bn, train).relu_().apply(&self.out)
+        self.bn.forward_act(&x.apply(&self.hidden), train, None, true).apply(&self.out)
     }
 }

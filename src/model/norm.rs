@@ -1,6 +1,7 @@
 //! Batch normalisation, optionally synchronised across ranks (paper section 3.3: "batch
 //! normalization ... synchronised across devices"). Unsynchronised, it is tch's BatchNorm,
-//! whose parameter names torchvision shares.
+//! whose parameter names torchvision shares; in training on CPU it runs as one fused op with the
+//! residual add and ReLU that follow it (`Norm::forward_act`, `shim/batch_norm.cpp`).
 use crate::distributed::Dist;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -8,6 +9,15 @@ use tch::{Kind, Tensor};
 /// `nn::BatchNorm`'s defaults, which every layer here is built with.
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
+
+/// `BYOL_RS_FUSED_BN=0` turns the fused op off, for PyTorch's own BN kernels and summation
+/// order (bit-for-bit comparisons with a PyTorch model). Read on every call, so a process can
+/// switch it between steps.
+pub const FUSED_BN_ENV: &str = "BYOL_RS_FUSED_BN";
+
+fn fused_enabled() -> bool {
+    std::env::var_os(FUSED_BN_ENV).is_none_or(|v| v != "0")
+}
 
 #[derive(Debug)]
 pub struct Norm {
@@ -43,6 +53,31 @@ impl ModuleT for Norm {
 }
 
 impl Norm {
+    /// `relu?(bn(x) + residual?)`: the BN and whatever follows it in the networks. Training-mode
+    /// fp32 CPU activations in rows of channels (channels_last, or 2-D) take one fused op
+    /// (`shim::batch_norm_act`); anything else runs ATen's BN, add and in-place ReLU, the latter
+    /// two into the BN output, which BN's backward does not need.
+    pub fn forward_act(&self, x: &Tensor, train: bool, residual: Option<&Tensor>, relu: bool) -> Tensor {
+        if train && self.sync.is_none() && fused_enabled() {
+            let (w, b) = (self.bn.ws.as_ref().expect("affine BN"), self.bn.bs.as_ref().expect("affine BN"));
+            let fused = crate::shim::batch_norm_act(
+                x, w, b, residual, &self.bn.running_mean, &self.bn.running_var, MOMENTUM, EPS, relu,
+            );
+            // tch's own ops panic on ATen errors too; the bindings turn panics into exceptions.
+            if let Some(y) = fused.unwrap_or_else(|e| panic!("batch norm: {e}")) {
+                return y;
+            }
+        }
+        let mut h = self.forward_t(x, train);
+        if let Some(r) = residual {
+            h += r;
+        }
+        if relu {
+            h = h.relu_();
+        }
+        h
+    }
+
     /// Training-mode BN over the union of all ranks' batches. One all-reduce of
     /// [sum, sum of squares, count] per call, differentiable so that backward sums the
     /// statistics' gradients across ranks too. Sums are taken around the running mean, which

@@ -5,6 +5,8 @@ online weight, every target weight, the BN statistics and the optimizer state mu
 within 1e-5 relative (to each tensor's largest magnitude) in fp32.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -76,12 +78,15 @@ def compare(ours, ref, skip=()):
 # whose dynamics are stable, after 1 and after 5. Each layout is compared with the reference
 # in the same layout: oneDNN's NHWC backward differs from its NCHW one by up to 1.5e-3 relative
 # (ResNet-18 stem BN bias), which is summation order, not a bug (benches/RESULTS.md).
+# For the same reason the engine's fused BN, which sums in another order, is switched off here
+# (BYOL_RS_FUSED_BN=0: PyTorch's BN kernels); it is judged against fp64 below.
 @pytest.mark.parametrize(
     "case,steps,channels_last",
     [("convnet", 5, True), ("convnet", 5, False), ("resnet18-small", 1, False), ("resnet18-small", 1, True)],
 )
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])
-def test_matches_reference(case, steps, channels_last, optimizer):
+def test_matches_reference(case, steps, channels_last, optimizer, monkeypatch):
+    monkeypatch.setenv("BYOL_RS_FUSED_BN", "0")
     torch.manual_seed(0)
     ours, ref, c = make_pair(case, optimizer, channels_last=channels_last)
     compare(ours, ref)  # identical start, target included
@@ -96,6 +101,63 @@ def test_matches_reference(case, steps, channels_last, optimizer):
         if k in (0, steps - 1):
             compare(ours, ref)
     assert ours.step_count == steps
+
+
+def errors_against_fp64(ours, ref, ref64):
+    """Per tensor (loss, weights, targets, BN statistics, optimizer state): the engine's and the
+    fp32 reference's largest error against the fp64 reference, and that tensor's scale."""
+    state = {k.rsplit(".", 1)[0]: v for k, v in ours.optimizer_state().items()}
+    groups = {
+        "online": (ours.named_parameters(), ref.online_named_parameters(), ref64.online_named_parameters()),
+        "target": (ours.target_named_parameters(), ref.target_named_parameters(), ref64.target_named_parameters()),
+        "buffer": (ours.named_buffers(), ref.online_named_buffers(), ref64.online_named_buffers()),
+        "optimizer": (state, ref.optimizer_state(), ref64.optimizer_state()),
+    }
+    out = {}
+    for group, (got, fp32, fp64) in groups.items():
+        got, fp32, fp64 = dict(got), dict(fp32), dict(fp64)
+        for name, want in fp64.items():
+            if group == "optimizer" and name in ZERO_GRAD:
+                continue
+            want = want.detach().double()
+            out[f"{group} {name}"] = ((got[name].detach().double() - want).abs().max().item(),
+                                      (fp32[name].detach().double() - want).abs().max().item(),
+                                      want.abs().max().item())
+    return out
+
+
+# The fused BN sums in double over its own split of the rows, so it cannot match PyTorch's
+# kernels to 1e-5 where the math is ill-conditioned; it is judged against the same BYOL in fp64
+# instead, beside PyTorch's own fp32 error. Both fp32 sides have chaotic outliers: a BN bias
+# that a long sum cancels, amplified through the depth, lands 1e-2 off fp64 for one seed and
+# 1e-5 for the next (measured: the ConvNet's worst optimizer-state tensor 2e-2 for the engine at
+# seed 0 and for PyTorch 0.2 at seed 1; ResNet-18's 1-3e-2 on both sides at every seed). So per
+# group of tensors, the engine's worst error over 3 seeds must be within 4x PyTorch's worst plus
+# 1e-5 (each error relative to its tensor's largest fp64 entry); a wrong kernel is off by order 1.
+@pytest.mark.parametrize("case,steps", [("convnet", 5), ("resnet18-small", 2)])
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_fused_bn_is_as_accurate_as_pytorch(case, steps, optimizer):
+    worst = {}
+    for seed in range(3):
+        torch.manual_seed(0)
+        ours, ref, c = make_pair(case, optimizer)
+        ref64 = copy.deepcopy(ref).double()
+        ref64._state = {k: v.double() for k, v in ref._state.items()}
+        torch.manual_seed(seed)
+        shape = (c["batch"], c["in_channels"], c["size"], c["size"])
+        for _ in range(steps):
+            v1, v2 = torch.randn(shape), torch.randn(shape)
+            got = ours.step(v1, v2)["loss"]
+            theirs = ref.step(v1.clone(), v2.clone())["loss"]
+            want = ref64.step(v1.double(), v2.double())["loss"]
+            assert abs(got - want) <= 4 * abs(theirs - want) + RTOL * abs(want)
+        for name, (err, fp32_err, scale) in errors_against_fp64(ours, ref, ref64).items():
+            if scale > 0:
+                group = name.split()[0]
+                w = worst.setdefault(group, [0.0, 0.0])
+                w[0], w[1] = max(w[0], err / scale), max(w[1], fp32_err / scale)
+    for group, (ours_err, fp32_err) in worst.items():
+        assert ours_err <= 4 * fp32_err + RTOL, f"{group}: worst {ours_err:.3g} vs PyTorch fp32 {fp32_err:.3g}"
 
 
 def test_adamw_matches_reference():
