@@ -95,7 +95,8 @@ impl Block {
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            h = if i == last { b.forward_act(&h.apply(c), train, Some(&skip), true) } else { b.forward_act(&h.apply(c), train, None, true) };
+            // The last BN takes the shortcut and the block's ReLU into its fused op.
+            h = b.forward_act(&h.apply(c), train, (i == last).then_some(&skip), true);
         }
         h
     }
