@@ -1,10 +1,12 @@
-"""The fused EMA and the fused loss beside their PyTorch references, in one process.
+"""The fused EMA, loss and batch norm beside their PyTorch references, in one process.
 
     python benches/bench_kernels.py [--repeats 30] [--write]
 
 EMA: ResNet-50 + 2048-4096-256 projector (about 33 M params), against solo-learn's
 per-parameter loop and lightly's foreach mul + add. Loss: forward + backward at 4096 x 256
-against `2 - 2 * F.cosine_similarity(p, z.detach()).mean()`.
+against `2 - 2 * F.cosine_similarity(p, z.detach()).mean()`. Batch norm: the engine's fused
+training-mode BN + ReLU, forward + backward on channels_last activations, against
+`F.batch_norm(...).relu_()`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,23 @@ def bench_loss(repeats: int) -> list[tuple[str, float]]:
     ]
 
 
+def bench_batch_norm(repeats: int) -> list[tuple[str, float]]:
+    rows = []
+    for shape in [(64, 64, 32, 32), (256, 32, 28, 28)]:
+        torch.manual_seed(0)
+        c = shape[1]
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w, b = torch.rand(c, requires_grad=True), torch.randn(c, requires_grad=True)
+        rm, rv = torch.zeros(c), torch.ones(c)
+        g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        label = "x".join(map(str, shape))
+        rows.append((f"BN+ReLU fwd+bwd F.batch_norm().relu_(), {label}",
+                     median_ms(lambda: F.batch_norm(x, rm, rv, w, b, True).relu_().backward(g), repeats)))
+        rows.append((f"BN+ReLU fwd+bwd byol_rs fused (engine), {label}",
+                     median_ms(lambda: byol_rs._core._batch_norm_act(x, w, b, rm, rv).backward(g), repeats)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=30)
@@ -97,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     ema = bench_ema(args.repeats)
     loss = bench_loss(args.repeats * 3)
+    norm = bench_batch_norm(args.repeats)
     lines = [
         f"Command: `python benches/bench_kernels.py --repeats {args.repeats} --write` "
         f"(CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}). Medians.",
@@ -110,10 +130,13 @@ def main() -> None:
     ref = loss[0][1]
     for name, ms in loss:
         lines.append(f"| {name} | {ms:.3f} | | {ref / ms:.2f}x |")
+    for (ref_name, ref_ms), (name, ms) in zip(norm[::2], norm[1::2]):
+        lines.append(f"| {ref_name} | {ref_ms:.2f} | | 1.00x |")
+        lines.append(f"| {name} | {ms:.2f} | | {ref_ms / ms:.2f}x |")
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("kernels", "## Kernels: fused EMA and loss (issue 2)\n\n" + table)
+        write_section("kernels", "## Kernels: fused EMA, loss (issue 2) and batch norm (issue 3)\n\n" + table)
 
 
 if __name__ == "__main__":
