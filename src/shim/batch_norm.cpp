@@ -163,8 +163,10 @@ at::MemoryFormat format_of(const at::Tensor &x) {
   return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-at::Tensor per_channel(const std::vector<float> &v) {
-  return at::from_blob(const_cast<float *>(v.data()), {(int64_t)v.size()}, at::kFloat).clone();
+// A tensor that owns a copy of `v` (float or double).
+template <typename T>
+at::Tensor per_channel(const std::vector<T> &v) {
+  return at::from_blob(const_cast<T *>(v.data()), {(int64_t)v.size()}, c10::CppTypeToScalarType<T>::value).clone();
 }
 
 // Forward and backward shared by the two autograd ops below (autograd takes no undefined
@@ -203,11 +205,8 @@ struct Impl {
 
     // With a residual the ReLU mask needs y; without one it is recomputed from x.
     ctx->save_for_backward({x, w, residual.defined() ? y : at::Tensor()});
-    auto as_double = [](const std::vector<double> &v) {
-      return at::from_blob(const_cast<double *>(v.data()), {(int64_t)v.size()}, at::kDouble).clone();
-    };
-    ctx->saved_data["mean"] = as_double(mean);
-    ctx->saved_data["invstd"] = as_double(invstd);
+    ctx->saved_data["mean"] = per_channel(mean);
+    ctx->saved_data["invstd"] = per_channel(invstd);
     ctx->saved_data["scale"] = per_channel(scale);
     ctx->saved_data["shift"] = per_channel(shift);
     ctx->saved_data["relu"] = relu;
@@ -260,11 +259,8 @@ struct Impl {
       });
       out[0] = dx;
     }
-    auto to_float = [](const std::vector<double> &v) {
-      return at::from_blob(const_cast<double *>(v.data()), {(int64_t)v.size()}, at::kDouble).to(at::kFloat);
-    };
-    if (ctx->needs_input_grad(1)) out[1] = to_float(dw);
-    if (ctx->needs_input_grad(2)) out[2] = to_float(db);
+    if (ctx->needs_input_grad(1)) out[1] = per_channel(dw).to(at::kFloat);
+    if (ctx->needs_input_grad(2)) out[2] = per_channel(db).to(at::kFloat);
     if (has_residual) out[3] = gm;
     return out;
   }
