@@ -12,6 +12,12 @@ extern "C" {
         n: usize,
         weight: f64,
     ) -> *mut c_char;
+    fn byol_foreach_add_(
+        s: *const *const C_tensor,
+        o: *const *const C_tensor,
+        n: usize,
+        alpha: f64,
+    ) -> *mut c_char;
     fn byol_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn byol_set_grad(param: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
 }
@@ -30,6 +36,13 @@ pub fn foreach_lerp_(this: &[Tensor], end: &[Tensor], weight: f64) -> Result<()>
     let s: Vec<_> = this.iter().map(|t| t.as_ptr()).collect();
     let e: Vec<_> = end.iter().map(|t| t.as_ptr()).collect();
     check(unsafe { byol_foreach_lerp_(s.as_ptr(), e.as_ptr(), s.len(), weight) })
+}
+
+/// `this[i] += alpha * other[i]` for all i in one `_foreach_add_` call.
+pub fn foreach_add_(this: &[Tensor], other: &[Tensor], alpha: f64) -> Result<()> {
+    let s: Vec<_> = this.iter().map(|t| t.as_ptr()).collect();
+    let o: Vec<_> = other.iter().map(|t| t.as_ptr()).collect();
+    check(unsafe { byol_foreach_add_(s.as_ptr(), o.as_ptr(), s.len(), alpha) })
 }
 
 /// A channels_last (NHWC in memory) copy of an NCHW tensor.

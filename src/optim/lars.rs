@@ -3,10 +3,11 @@
 //! `eta * |w| / |g|` (1 where either norm is 0), momentum `m = mu * m + g`, then `w -= lr * m`.
 //! With no `eta` it is SGD with momentum and decoupled-from-nothing L2 decay, as torch.optim.SGD.
 //!
-//! The update runs over the flat buffers: per-parameter values (decay, trust ratio) are applied
-//! to each parameter's span (`FlatTensors::mul_slices_`), and all norms come from one
-//! `_foreach_norm`, so a step is a dozen kernels whatever the number of parameters.
-use super::{decay_per_param, device_scalar, named_state, Optimizer};
+//! The update runs over the flat buffers: weight decay is one `_foreach_add_` over the decayed
+//! parameters' slices, trust ratios are applied to each parameter's span
+//! (`FlatTensors::mul_slices_`), and all norms come from one `_foreach_norm`, so a step is a
+//! dozen kernels whatever the number of parameters.
+use super::{device_scalar, named_state, Optimizer};
 use crate::error::Result;
 use crate::model::flat::FlatTensors;
 use crate::shim;
@@ -16,8 +17,9 @@ pub struct Lars {
     momentum: f64,
     eta: Option<f64>,
     buffers: FlatTensors,
-    /// Each parameter's weight decay (0 for excluded ones), spread over the flat buffer.
-    decay: Tensor,
+    weight_decay: f64,
+    /// Indices of the parameters that get weight decay (not biases or BN parameters).
+    decayed: Vec<usize>,
     /// Per parameter: its element count, and whether LARS adapts it.
     spans: Tensor,
     adapted: Tensor,
@@ -27,8 +29,8 @@ impl Lars {
     pub fn new(params: &FlatTensors, excluded: &[bool], weight_decay: f64, momentum: f64, eta: Option<f64>) -> Result<Self> {
         let spans = params.spans()?;
         let adapted = Tensor::from_slice(&excluded.iter().map(|&e| !e).collect::<Vec<_>>()).f_to_device(params.flat.device())?;
-        let decay = params.spread(&decay_per_param(params, excluded, weight_decay)?, &spans)?;
-        Ok(Self { momentum, eta, buffers: params.zeros_like()?, decay, spans, adapted })
+        let decayed = excluded.iter().enumerate().filter(|(_, &e)| !e).map(|(i, _)| i).collect();
+        Ok(Self { momentum, eta, buffers: params.zeros_like()?, weight_decay, decayed, spans, adapted })
     }
 }
 
@@ -39,8 +41,13 @@ impl Optimizer for Lars {
         // each buffer-sized temporary is fresh memory whose page faults cost more than the math
         // (three of them took 12 % of a ResNet-18 step).
         let w = &params.flat;
-        let mut g = grads.flat.shallow_clone();
-        let _ = g.f_addcmul_(w, &self.decay)?;
+        let g = grads.flat.shallow_clone();
+        if self.weight_decay > 0.0 {
+            // Per slice, not through a buffer-sized decay tensor: that one cost as much memory
+            // as the weights.
+            let pick = |all: Vec<Tensor>| self.decayed.iter().map(|&i| all[i].shallow_clone()).collect::<Vec<_>>();
+            shim::foreach_add_(&pick(params.slices_of(&g)?), &pick(params.slices_of(w)?), self.weight_decay)?;
+        }
         if let Some(eta) = self.eta {
             let wn = shim::foreach_norm(&params.slices_of(w)?)?;
             let gn = shim::foreach_norm(&params.slices_of(&g)?)?;

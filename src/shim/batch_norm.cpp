@@ -11,6 +11,7 @@
 // null result and Rust falls back to ATen.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <cmath>
 #include <cstring>
@@ -319,6 +320,8 @@ char *byol_batch_norm_act(at::Tensor *x, at::Tensor *w, at::Tensor *b, at::Tenso
     *out = nullptr;
     // A residual add without ReLU after it is not a shape the networks have.
     if ((residual && !relu) || !fusable(*x, residual, *w, *b, *running_mean, *running_var)) return nullptr;
+    // Named in torch.profiler traces (a custom Function's forward is not recorded otherwise).
+    RECORD_FUNCTION("byol_rs::batch_norm_act", std::vector<c10::IValue>());
     *out = new at::Tensor(
         residual ? BatchNormAddRelu::apply(*x, *w, *b, *residual, *running_mean, *running_var, momentum, eps)
                  : BatchNormAct::apply(*x, *w, *b, *running_mean, *running_var, momentum, eps, relu != 0));

@@ -77,6 +77,17 @@ char *byol_foreach_lerp_(at::Tensor **self, at::Tensor **end, size_t n, double w
   }
 }
 
+// self[i] += alpha * other[i] for all i in one `_foreach_add_` call.
+char *byol_foreach_add_(at::Tensor **self, at::Tensor **other, size_t n, double alpha) {
+  try {
+    c10::NoGradGuard no_grad;
+    at::_foreach_add_(collect(self, n), collect(other, n), at::Scalar(alpha));
+    return nullptr;
+  } catch (const std::exception &ex) {
+    return error_string(ex.what());
+  }
+}
+
 // A copy of `t` in channels_last (NHWC) memory order, keeping its NCHW logical shape.
 char *byol_channels_last(at::Tensor *t, at::Tensor **out) {
   try {
