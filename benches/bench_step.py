@@ -2,6 +2,7 @@
 (foreach EMA, a PyTorch LARS, a Python training loop), same model, same batch, one process.
 
     python benches/bench_step.py [--steps 5] [--write]
+    python benches/bench_step.py --profile [--steps 3] [--write]   # where each side's step goes
 
 Throughput is the median over steps, in images per second (one image = one pair of views).
 Peak memory is measured per side in a child process (ru_maxrss), since both share this one.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
+import time
 import subprocess
 import sys
 
@@ -133,13 +136,55 @@ def without_fused_bn(f):
     return step
 
 
+def profiled_split_ms(fns: dict, v1, v2, rounds: int) -> dict[str, tuple[float, float]]:
+    """Per side, the median over `rounds` interleaved profiled steps of (wall time, time inside
+    convolutions forward and backward), from torch.profiler's self times on the calling thread."""
+    from torch.profiler import ProfilerActivity, profile
+
+    split: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                t0 = time.perf_counter()
+                f(v1, v2)
+                wall = time.perf_counter() - t0
+            conv = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6
+            split[name].append((wall * 1e3, conv * 1e3))
+    return {name: (statistics.median(w for w, _ in x), statistics.median(c for _, c in x)) for name, x in split.items()}
+
+
+def profile_main(args) -> None:
+    """How much of each side's step is convolution: both sides call the same oneDNN kernels."""
+    rows = []
+    for case in args.cases:
+        c = CASES[case]
+        v1, v2 = views(c)
+        fns = {"pytorch (lightly-style)": make("torch", c), "byol_rs": make("ours", c)}
+        for f in fns.values():
+            f(v1, v2)
+        for name, (wall, conv) in profiled_split_ms(fns, v1, v2, args.steps).items():
+            rows.append(f"| {case} | {name} | {wall:.0f} | {conv:.0f} | {wall - conv:.0f} | {conv / wall:.0%} |")
+        print("\n".join(rows[-len(fns):]), flush=True)
+    table = results_table(
+        f"Command: `python benches/bench_step.py --profile --steps {args.steps} --write` (CPU, {torch.get_num_threads()} "
+        "threads). Medians over profiled steps, the sides interleaved; convolutions are the self time of "
+        "`aten::mkldnn_convolution` and `aten::convolution_backward` (the profiler adds a little to every op).",
+        ["case", "side", "step ms", "convolutions ms", "everything else ms", "convolution share"], "llrrrr", rows)
+    print(table)
+    if args.write:
+        write_section("step_profile", "### Where the step goes\n\n" + table)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="split each step into convolutions and the rest")
     args = parser.parse_args()
+    if args.profile:
+        return profile_main(args)
     rows = []
     for case in args.cases:
         c = CASES[case]

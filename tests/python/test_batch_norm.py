@@ -116,6 +116,21 @@ def test_under_no_grad_updates_statistics_and_records_nothing():
     close("running_mean", rm, MOMENTUM * x.double().mean((0, 2, 3)))
 
 
+@pytest.mark.filterwarnings("ignore:Warning: Profiler clears events")
+def test_forward_is_named_in_profiler_traces():
+    """A custom autograd op's forward is invisible to torch.profiler unless it records itself;
+    the backward appears as its autograd node."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, w, b, _, grad = inputs((8, 16, 4, 4), residual=False)
+    x.requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _core._batch_norm_act(x, w, b, torch.zeros(16), torch.ones(16)).backward(grad)
+    names = [e.key for e in prof.key_averages()]
+    assert names.count("byol_rs::batch_norm_act") == 1, names
+    assert any("BatchNormAct" in n for n in names), names
+
+
 @pytest.mark.parametrize(
     "case",
     ["nchw", "float64", "one_value_per_channel", "residual_without_relu", "residual_in_other_layout", "stats_of_other_size"],
