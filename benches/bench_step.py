@@ -5,7 +5,9 @@
     python benches/bench_step.py --profile [--steps 3] [--write]   # where each side's step goes
 
 Throughput is the median over steps, in images per second (one image = one pair of views).
-Peak memory is measured per side in a child process (ru_maxrss), since both share this one.
+Peak memory is measured per side in a child process (its peak RSS growth), since both share this one.
+--profile splits each side's step into convolutions (the same oneDNN kernels on both sides) and
+everything else, with torch.profiler.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import argparse
 import copy
 import os
 import statistics
-import time
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn as nn
