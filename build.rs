@@ -11,10 +11,12 @@ fn main() {
 
     println!("cargo:rerun-if-changed=src/shim/ops.cpp");
     println!("cargo:rerun-if-changed=src/shim/batch_norm.cpp");
+    println!("cargo:rerun-if-changed=src/shim/winograd.cpp");
     cc::Build::new()
         .cpp(true)
         .file("src/shim/ops.cpp")
         .file("src/shim/batch_norm.cpp")
+        .file("src/shim/winograd.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

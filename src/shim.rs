@@ -213,3 +213,16 @@ pub fn batch_norm_act(
     })?;
     Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
 }
+
+extern "C" {
+    fn byol_winograd_conv3x3(x: *const C_tensor, w: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+/// A 3x3, stride-1, padding-1 convolution without bias through Winograd's F(2x2, 3x3), as one
+/// autograd op (`shim/winograd.cpp`). `None` unless `x` is fp32 CPU NHWC with even height and
+/// width (and autocast is off): the caller then uses ATen.
+pub fn winograd_conv3x3(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { byol_winograd_conv3x3(x.as_ptr(), w.as_ptr(), &mut out) })?;
+    Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+}

@@ -67,8 +67,17 @@ fn _batch_norm_act(
     Ok(out.map(PyTensor))
 }
 
+/// The engine's Winograd F(2x2, 3x3) convolution, stride 1, padding 1, no bias (for tests and
+/// benches): `None` where the inputs are not fp32 CPU NHWC with even height and width.
+#[pyfunction]
+fn _winograd_conv3x3(py: Python<'_>, x: PyTensor, weight: PyTensor) -> PyResult<Option<PyTensor>> {
+    let out = run(py, move || crate::shim::winograd_conv3x3(&x, &weight))?;
+    Ok(out.map(PyTensor))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_batch_norm_act, m)?)?;
+    m.add_function(wrap_pyfunction!(_winograd_conv3x3, m)?)?;
     m.add_function(wrap_pyfunction!(byol_loss_forward, m)?)?;
     m.add_function(wrap_pyfunction!(byol_loss_backward, m)?)?;
     m.add_function(wrap_pyfunction!(ema_update_, m)?)?;

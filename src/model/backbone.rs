@@ -3,9 +3,9 @@
 //! bottleneck with the stride on the 3x3 conv). The classifier `fc` is left out.
 use crate::error::{value_error, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::nn::{self, Init, ModuleT};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use super::conv::Conv;
 use super::norm::{norm, Norm, SyncHandle};
 
 /// Which encoder, and how its stem is shaped.
@@ -40,18 +40,6 @@ impl BackboneConfig {
     }
 }
 
-/// torchvision's conv init: kaiming normal, fan out, ReLU gain.
-const CONV_INIT: Init = Init::Kaiming {
-    dist: NormalOrUniform::Normal,
-    fan: FanInOut::FanOut,
-    non_linearity: NonLinearity::ReLU,
-};
-
-fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig { stride, padding, bias: false, ws_init: CONV_INIT, ..Default::default() };
-    nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
 fn bn(p: nn::Path, c: i64, sync: Option<&SyncHandle>) -> Norm {
     norm(p, c, 2, sync)
 }
@@ -59,15 +47,15 @@ fn bn(p: nn::Path, c: i64, sync: Option<&SyncHandle>) -> Norm {
 /// A residual block: `relu(body(x) + shortcut(x))`.
 #[derive(Debug)]
 pub struct Block {
-    convs: Vec<(nn::Conv2D, Norm)>,
-    downsample: Option<(nn::Conv2D, Norm)>,
+    convs: Vec<(Conv, Norm)>,
+    downsample: Option<(Conv, Norm)>,
 }
 
 impl Block {
     fn basic(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, sync: Option<&SyncHandle>) -> Self {
         let convs = vec![
-            (conv(p / "conv1", c_in, c_out, 3, stride, 1), bn(p / "bn1", c_out, sync)),
-            (conv(p / "conv2", c_out, c_out, 3, 1, 1), bn(p / "bn2", c_out, sync)),
+            (Conv::new(p / "conv1", c_in, c_out, 3, stride, 1), bn(p / "bn1", c_out, sync)),
+            (Conv::new(p / "conv2", c_out, c_out, 3, 1, 1), bn(p / "bn2", c_out, sync)),
         ];
         Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride, sync) }
     }
@@ -75,16 +63,16 @@ impl Block {
     fn bottleneck(p: &nn::Path, c_in: i64, width: i64, stride: i64, sync: Option<&SyncHandle>) -> Self {
         let c_out = width * 4;
         let convs = vec![
-            (conv(p / "conv1", c_in, width, 1, 1, 0), bn(p / "bn1", width, sync)),
-            (conv(p / "conv2", width, width, 3, stride, 1), bn(p / "bn2", width, sync)),
-            (conv(p / "conv3", width, c_out, 1, 1, 0), bn(p / "bn3", c_out, sync)),
+            (Conv::new(p / "conv1", c_in, width, 1, 1, 0), bn(p / "bn1", width, sync)),
+            (Conv::new(p / "conv2", width, width, 3, stride, 1), bn(p / "bn2", width, sync)),
+            (Conv::new(p / "conv3", width, c_out, 1, 1, 0), bn(p / "bn3", c_out, sync)),
         ];
         Self { convs, downsample: Self::shortcut(p, c_in, c_out, stride, sync) }
     }
 
-    fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, sync: Option<&SyncHandle>) -> Option<(nn::Conv2D, Norm)> {
+    fn shortcut(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, sync: Option<&SyncHandle>) -> Option<(Conv, Norm)> {
         (stride != 1 || c_in != c_out)
-            .then(|| (conv(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out, sync)))
+            .then(|| (Conv::new(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out, sync)))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -105,9 +93,9 @@ impl Block {
 /// The feature extractor: ResNet or the compact ConvNet.
 #[derive(Debug)]
 pub enum Backbone {
-    ResNet { stem: (nn::Conv2D, Norm), max_pool: bool, blocks: Vec<Block> },
+    ResNet { stem: (Conv, Norm), max_pool: bool, blocks: Vec<Block> },
     /// Four conv3x3-BN-ReLU blocks of 32-64-128-256 channels, 2x2 max-pool after the first three.
-    ConvNet { blocks: Vec<(nn::Conv2D, Norm)> },
+    ConvNet { blocks: Vec<(Conv, Norm)> },
 }
 
 impl Backbone {
@@ -134,9 +122,9 @@ pub fn backbone(p: &nn::Path, cfg: &BackboneConfig, sync: Option<&SyncHandle>) -
         _ => return Err(cfg.feature_dim().unwrap_err()),
     };
     let stem = if cfg.small_image {
-        (conv(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64, sync))
+        (Conv::new(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64, sync))
     } else {
-        (conv(p / "conv1", cfg.in_channels, 64, 7, 2, 3), bn(p / "bn1", 64, sync))
+        (Conv::new(p / "conv1", cfg.in_channels, 64, 7, 2, 3), bn(p / "bn1", 64, sync))
     };
     let mut blocks = vec![];
     let mut c_in = 64;
@@ -164,7 +152,7 @@ fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbon
         .enumerate()
         .map(|(i, &c)| {
             let bp = p / "layers" / i;
-            let block = (conv(&bp / "conv", c_in, c, 3, 1, 1), bn(&bp / "bn", c, sync));
+            let block = (Conv::new(&bp / "conv", c_in, c, 3, 1, 1), bn(&bp / "bn", c, sync));
             c_in = c;
             block
         })

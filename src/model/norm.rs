@@ -15,10 +15,6 @@ const MOMENTUM: f64 = 0.1;
 /// switch it between steps.
 pub const FUSED_BN_ENV: &str = "BYOL_RS_FUSED_BN";
 
-fn fused_enabled() -> bool {
-    std::env::var_os(FUSED_BN_ENV).is_none_or(|v| v != "0")
-}
-
 #[derive(Debug)]
 pub struct Norm {
     bn: nn::BatchNorm,
@@ -58,7 +54,7 @@ impl Norm {
     /// (`shim::batch_norm_act`); anything else runs ATen's BN, add and in-place ReLU, the latter
     /// two into the BN output, which BN's backward does not need.
     pub fn forward_act(&self, x: &Tensor, train: bool, residual: Option<&Tensor>, relu: bool) -> Tensor {
-        if train && self.sync.is_none() && fused_enabled() {
+        if train && self.sync.is_none() && super::conv::switched_on(FUSED_BN_ENV) {
             let (w, b) = (self.bn.ws.as_ref().expect("affine BN"), self.bn.bs.as_ref().expect("affine BN"));
             let fused = crate::shim::batch_norm_act(
                 x, w, b, residual, &self.bn.running_mean, &self.bn.running_var, MOMENTUM, EPS, relu,
