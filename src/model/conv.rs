@@ -1,8 +1,8 @@
-//! Convolution layers: ATen's, except 3x3 stride-1 ones on small fp32 CPU feature maps, which
-//! run through Winograd's F(2x2, 3x3) (`shim/winograd.cpp`). On this 2-core AVX-512 CPU at batch
-//! 64, oneDNN's direct kernels reach about half of peak at 4x4 pixels, where the Winograd op is
-//! 2.2x faster forward and 1.7x forward + backward; at 16 px and more its memory-bound
-//! transforms lose.
+//! Convolution layers: ATen's, except 3x3 stride-1 ones on 4x4-pixel fp32 CPU feature maps
+//! (ResNet's layer 4 at 32 px), which run through Winograd's F(2x2, 3x3) (`shim/winograd.cpp`).
+//! On this 2-core AVX-512 CPU at batch 64, oneDNN's direct kernels reach about half of peak
+//! there, and the Winograd op is 2.2x faster forward and 1.7x forward + backward. At 8x8 pixels
+//! the two are level, and from 16x16 on the Winograd op's memory-bound transforms lose.
 use crate::shim;
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init, Module};
@@ -12,7 +12,7 @@ use tch::Tensor;
 /// order (bit-for-bit comparisons with a PyTorch model). Read on every call.
 pub const WINOGRAD_ENV: &str = "BYOL_RS_WINOGRAD";
 
-/// Feature maps of at most this many pixels (8x8) go through Winograd.
+/// Feature maps of at most this many pixels (4x4) go through Winograd.
 const WINOGRAD_MAX_PIXELS: i64 = 16;
 
 /// torchvision's conv init: kaiming normal, fan out, ReLU gain.
