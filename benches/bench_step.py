@@ -127,20 +127,25 @@ def peak_rss_mb(case, side, steps):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def without_fused_bn(f):
-    """The step with PyTorch's BN kernels instead of the engine's fused BN (norm.rs)."""
+def switched_off(f, env):
+    """The step with one of the engine's own kernels switched off through `env`=0
+    (BYOL_RS_FUSED_BN: PyTorch's BN; BYOL_RS_WINOGRAD: oneDNN for every convolution)."""
     def step(v1, v2):
-        os.environ["BYOL_RS_FUSED_BN"] = "0"
+        os.environ[env] = "0"
         try:
             return f(v1, v2)
         finally:
-            del os.environ["BYOL_RS_FUSED_BN"]
+            del os.environ[env]
     return step
+
+
+# The engine's Winograd convolution, forward and backward; their times include the GEMMs inside.
+WINOGRAD_EVENTS = ("byol_rs::winograd_conv3x3", "torch::autograd::CppNode<(anonymous namespace)::Winograd>")
 
 
 def profiled_split_ms(fns: dict, v1, v2, rounds: int) -> dict[str, tuple[float, float]]:
     """Per side, the median over `rounds` interleaved profiled steps of (wall time, time inside
-    convolutions forward and backward), from torch.profiler's self times on the calling thread."""
+    convolutions forward and backward), from torch.profiler's times on the calling thread."""
     from torch.profiler import ProfilerActivity, profile
 
     split: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
@@ -150,7 +155,8 @@ def profiled_split_ms(fns: dict, v1, v2, rounds: int) -> dict[str, tuple[float, 
                 t0 = time.perf_counter()
                 f(v1, v2)
                 wall = time.perf_counter() - t0
-            conv = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6
+            conv = sum(e.self_cpu_time_total if "convolution" in e.key else e.cpu_time_total
+                       for e in prof.key_averages() if "convolution" in e.key or e.key in WINOGRAD_EVENTS) / 1e6
             split[name].append((wall * 1e3, conv * 1e3))
     return {name: (statistics.median(w for w, _ in x), statistics.median(c for _, c in x)) for name, x in split.items()}
 
@@ -170,7 +176,8 @@ def profile_main(args) -> None:
     table = results_table(
         f"Command: `python benches/bench_step.py --profile --steps {args.steps} --write` (CPU, {torch.get_num_threads()} "
         "threads). Medians over profiled steps, the sides interleaved; convolutions are the self time of "
-        "`aten::mkldnn_convolution` and `aten::convolution_backward` (the profiler adds a little to every op).",
+        "`aten::mkldnn_convolution`, `aten::convolution_backward` and the engine's Winograd op, forward and "
+        "backward (the profiler adds a little to every op).",
         ["case", "side", "step ms", "convolutions ms", "everything else ms", "convolution share"], "llrrrr", rows)
     print(table)
     if args.write:
@@ -193,7 +200,8 @@ def main():
         v1, v2 = views(c)
         sides = {"pytorch (lightly-style)": make("torch", c), "byol_rs": make("ours", c),
                  "byol_rs, channels_last=False": make("ours", c, channels_last=False),
-                 "byol_rs, PyTorch's BN (BYOL_RS_FUSED_BN=0)": without_fused_bn(make("ours", c)),
+                 "byol_rs, PyTorch's BN (BYOL_RS_FUSED_BN=0)": switched_off(make("ours", c), "BYOL_RS_FUSED_BN"),
+                 "byol_rs, oneDNN convolutions only (BYOL_RS_WINOGRAD=0)": switched_off(make("ours", c), "BYOL_RS_WINOGRAD"),
                  "pytorch, hand-tuned channels_last": make("torch", c, channels_last=True)}
         ms = interleaved_median_ms({name: (lambda f=f: f(v1, v2)) for name, f in sides.items()}, args.steps)
         mem = {} if args.no_memory else {"pytorch (lightly-style)": peak_rss_mb(case, "torch", 2), "byol_rs": peak_rss_mb(case, "ours", 2)}
