@@ -1,4 +1,5 @@
-"""The fused EMA, loss and batch norm beside their PyTorch references, in one process.
+"""The fused EMA, loss and batch norm and the Winograd convolution beside their PyTorch references,
+in one process.
 
     python benches/bench_kernels.py [--repeats 30] [--write]
 
@@ -6,7 +7,8 @@ EMA: ResNet-50 + 2048-4096-256 projector (about 33 M params), against solo-learn
 per-parameter loop and lightly's foreach mul + add. Loss: forward + backward at 4096 x 256
 against `2 - 2 * F.cosine_similarity(p, z.detach()).mean()`. Batch norm: the engine's fused
 training-mode BN + ReLU, forward + backward on channels_last activations, against
-`F.batch_norm(...).relu_()`.
+`F.batch_norm(...).relu_()`. Convolution: the engine's Winograd 3x3 convolution, forward +
+backward, against `F.conv2d` (oneDNN) at ResNet-18's layer 3 and 4 shapes at 32 px.
 """
 
 from __future__ import annotations
@@ -109,6 +111,23 @@ def bench_batch_norm(repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
+def bench_winograd(repeats: int) -> list[tuple[str, float]]:
+    """ResNet-18's layer-4 3x3 convolution at 32 px (4x4 pixels), and layer 3's (8x8)."""
+    rows = []
+    for shape in [(64, 512, 4, 4), (64, 256, 8, 8)]:
+        torch.manual_seed(0)
+        c = shape[1]
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = (torch.randn(c, c, 3, 3) * 0.02).contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        label = f"{'x'.join(map(str, shape))}, {c} filters"
+        rows.append((f"conv 3x3 fwd+bwd F.conv2d (oneDNN), {label}",
+                     median_ms(lambda: F.conv2d(x, w, padding=1).backward(g), repeats)))
+        rows.append((f"conv 3x3 fwd+bwd byol_rs Winograd F(2x2,3x3), {label}",
+                     median_ms(lambda: byol_rs._core._winograd_conv3x3(x, w).backward(g), repeats)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=30)
@@ -116,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     ema = bench_ema(args.repeats)
     loss = bench_loss(args.repeats * 3)
-    norm = bench_batch_norm(args.repeats)
+    norm = bench_batch_norm(args.repeats) + bench_winograd(args.repeats)
     lines = [
         f"Command: `python benches/bench_kernels.py --repeats {args.repeats} --write` "
         f"(CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}). Medians.",
@@ -136,7 +155,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("kernels", "## Kernels: fused EMA, loss (issue 2) and batch norm (issue 3)\n\n" + table)
+        write_section("kernels", "## Kernels: fused EMA, loss (issue 2), batch norm and convolution (issue 3)\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 //
 //     Y = A^T [ (G g G^T) . (B^T d B) ] A   per 2x2 output tile,
 //
-// so each tile's 36 multiply-adds per channel pair become 16, done as 16 batched GEMMs. oneDNN
+// so each tile's 36 multiply-adds per channel pair become 16, done as 16 GEMMs. oneDNN
 // runs its direct kernels at 4x4 pixels (ResNet layer 4 at 32 px) well under peak; there this
 // op is faster. The backward is two more of the same shape: dX is this convolution of dY with
 // the flipped, transposed kernel (whose transform is a permutation of U), and dW is
@@ -199,19 +199,26 @@ at::Tensor weight_transform_adjoint(const at::Tensor &du) {
   return dw;
 }
 
-// The flipped kernel's transform is U with indices 0 and 3 swapped in a and in b (G's columns
-// reversed swaps its first and last rows), read as [K][C] instead of [C][K].
-at::Tensor flipped(const at::Tensor &u) {
-  static const int64_t perm[4] = {3, 1, 2, 0};
-  std::vector<int64_t> idx(16);
-  for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b) idx[a * 4 + b] = perm[a] * 4 + perm[b];
-  return u.index_select(0, at::tensor(idx, at::kLong));
+// out[i] = a[i] @ b[perm[i]] for the 16 Winograd components, one GEMM each: a permuted b needs
+// no copy, and a run of plain GEMMs leaves MKL fewer cached buffers than one batched call.
+at::Tensor component_mm(const at::Tensor &a, const at::Tensor &b, const int64_t *perm) {
+  auto out = at::empty({16, a.size(1), b.size(2)}, a.options().memory_format(at::MemoryFormat::Contiguous));
+  for (int64_t i = 0; i < 16; ++i) {
+    auto o = out.select(0, i);
+    at::mm_out(o, a.select(0, i), b.select(0, perm ? perm[i] : i));
+  }
+  return out;
 }
 
-// x [N, C, H, W] channels_last, U [16][K][C] -> y [N, K, H, W] channels_last.
-at::Tensor convolve(const at::Tensor &x, const at::Tensor &u_kc) {
-  auto m = at::bmm(input_transform(x), u_kc.transpose(1, 2));
+// Component ab of the flipped kernel's transform is component perm(a) perm(b) of U, read as
+// [K][C] instead of [C][K]: reversing G's columns swaps its first and last rows.
+constexpr int64_t kFlipped[16] = {15, 13, 14, 12, 7, 5, 6, 4, 11, 9, 10, 8, 3, 1, 2, 0};
+
+// x [N, C, H, W] channels_last, U [16][K][C] -> y [N, K, H, W] channels_last; with `perm`, by
+// the kernel whose transform has components U[perm[i]]^T.
+at::Tensor convolve(const at::Tensor &x, const at::Tensor &u_kc, const int64_t *perm = nullptr) {
+  auto b = perm ? u_kc : u_kc.transpose(1, 2);
+  auto m = component_mm(input_transform(x), b, perm);
   return output_transform(m, x.size(0), x.size(2), x.size(3));
 }
 
@@ -227,12 +234,11 @@ struct Winograd : public torch::autograd::Function<Winograd> {
     if (!grads[0].defined()) return {dx, dw};
     auto dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
     if (ctx->needs_input_grad(0)) {
-      // conv(dY, flip(W)^T): U of the flipped kernel as [16][C][K], read by convolve as [K][C]^T.
-      auto u = weight_transform(weight);
-      dx = convolve(dy, flipped(u).transpose(1, 2));
+      // conv(dY, flip(W)^T), whose transform is U permuted and read as [K][C].
+      dx = convolve(dy, weight_transform(weight), kFlipped);
     }
     if (ctx->needs_input_grad(1)) {
-      auto du = at::bmm(output_transform_adjoint(dy).transpose(1, 2), input_transform(x));  // [16][K][C]
+      auto du = component_mm(output_transform_adjoint(dy).transpose(1, 2), input_transform(x), nullptr);  // [16][K][C]
       dw = weight_transform_adjoint(du);
     }
     return {dx, dw};
