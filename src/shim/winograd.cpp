@@ -215,10 +215,11 @@ at::Tensor component_mm(const at::Tensor &a, const at::Tensor &b, const int64_t 
 constexpr int64_t kFlipped[16] = {15, 13, 14, 12, 7, 5, 6, 4, 11, 9, 10, 8, 3, 1, 2, 0};
 
 // x [N, C, H, W] channels_last, U [16][K][C] -> y [N, K, H, W] channels_last; with `perm`, by
-// the kernel whose transform has components U[perm[i]]^T.
-at::Tensor convolve(const at::Tensor &x, const at::Tensor &u_kc, const int64_t *perm = nullptr) {
-  auto b = perm ? u_kc : u_kc.transpose(1, 2);
-  auto m = component_mm(input_transform(x), b, perm);
+// the kernel whose transform has components U[perm[i]]^T. U is taken over and freed before the
+// output is allocated (the peak of a backward is here).
+at::Tensor convolve(const at::Tensor &x, at::Tensor u_kc, const int64_t *perm = nullptr) {
+  auto m = component_mm(input_transform(x), perm ? u_kc : u_kc.transpose(1, 2), perm);
+  u_kc.reset();
   return output_transform(m, x.size(0), x.size(2), x.size(3));
 }
 
