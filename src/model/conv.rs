@@ -2,7 +2,9 @@
 //! (ResNet's layer 4 at 32 px), which run through Winograd's F(2x2, 3x3) (`shim/winograd.cpp`).
 //! On this 2-core AVX-512 CPU at batch 64, oneDNN's direct kernels reach about half of peak
 //! there, and the Winograd op is 2.2x faster forward and 1.7x forward + backward. At 8x8 pixels
-//! the two are level, and from 16x16 on the Winograd op's memory-bound transforms lose.
+//! it is a little faster alone but made the step no faster; from 16x16 on its memory-bound
+//! transforms lose.
+use super::switched_on;
 use crate::shim;
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init, Module};
@@ -21,11 +23,6 @@ const CONV_INIT: Init = Init::Kaiming {
     fan: FanInOut::FanOut,
     non_linearity: NonLinearity::ReLU,
 };
-
-/// Whether the switch `env` is on: anything but `0`, or unset.
-pub fn switched_on(env: &str) -> bool {
-    std::env::var_os(env).is_none_or(|v| v != "0")
-}
 
 /// A bias-free convolution with torchvision's init (the weight is `<path>.weight`).
 #[derive(Debug)]

@@ -11,8 +11,7 @@ const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
 /// `BYOL_RS_FUSED_BN=0` turns the fused op off, for PyTorch's own BN kernels and summation
-/// order (bit-for-bit comparisons with a PyTorch model). Read on every call, so a process can
-/// switch it between steps.
+/// order (with `BYOL_RS_WINOGRAD=0`, bit-for-bit comparisons with a PyTorch model).
 pub const FUSED_BN_ENV: &str = "BYOL_RS_FUSED_BN";
 
 #[derive(Debug)]
@@ -54,7 +53,7 @@ impl Norm {
     /// (`shim::batch_norm_act`); anything else runs ATen's BN, add and in-place ReLU, the latter
     /// two into the BN output, which BN's backward does not need.
     pub fn forward_act(&self, x: &Tensor, train: bool, residual: Option<&Tensor>, relu: bool) -> Tensor {
-        if train && self.sync.is_none() && super::conv::switched_on(FUSED_BN_ENV) {
+        if train && self.sync.is_none() && super::switched_on(FUSED_BN_ENV) {
             let (w, b) = (self.bn.ws.as_ref().expect("affine BN"), self.bn.bs.as_ref().expect("affine BN"));
             let fused = crate::shim::batch_norm_act(
                 x, w, b, residual, &self.bn.running_mean, &self.bn.running_var, MOMENTUM, EPS, relu,
