@@ -59,6 +59,13 @@ struct Losses {
     sum: Tensor,
 }
 
+/// `sum(p * dL/dp)` with dL/dp from the fused loss's analytic backward, scaled: its backward
+/// pushes the loss's gradient through the online network.
+fn surrogate(scale: &Tensor, p: &Tensor, t: &Tensor, l: &loss::LossForward) -> Result<Tensor> {
+    let g = loss::byol_loss_backward(scale, p, t, &l.saved)?;
+    Ok((p * g).f_sum(Kind::Float)?)
+}
+
 /// `live <- before` wherever `fault` (a 0-d bool on the device) is set: cancels an update
 /// without the host knowing whether it must.
 fn keep_where(fault: &Tensor, before: &Tensor, live: &Tensor) -> Result<()> {
@@ -347,6 +354,18 @@ impl Learner {
         let (lr, tau) = self.schedules(view1.size()[0])?;
         // Running statistics are put back if the step is rejected.
         let saved_stats = (self.buffers.flat.f_detach_copy()?, self.target_buffers.flat.f_detach_copy()?);
+        if self.backward_per_view() {
+            let (loss_value, z_std) = match self.forward_backward_per_view(view1, view2) {
+                Ok(m) => m,
+                Err(e) => return self.roll_back(&saved_stats, true).and(Err(e)),
+            };
+            if !loss_value.is_finite() {
+                // View 1's gradients may be in the buffer: with one micro-step per update it
+                // held zeros before, which dropping the gradients restores exactly.
+                return self.refuse_nonfinite(loss_value, &saved_stats, true, lr, tau);
+            }
+            return self.finish(loss_value, z_std, lr, tau, &saved_stats);
+        }
         let f = match self.forward(view1, view2) {
             Ok(f) => f,
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
@@ -358,12 +377,7 @@ impl Learner {
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
         };
         if !loss_value.is_finite() {
-            self.roll_back(&saved_stats, false)?;
-            if self.config.on_nonfinite == "skip" {
-                self.skipped_steps += 1;
-                return Ok(self.metrics(Reading::Host(loss_value), Reading::Host(f64::NAN), lr, tau, false));
-            }
-            return Err(Error::NonFiniteLoss { loss: loss_value, step: self.step, cancelled: 0 });
+            return self.refuse_nonfinite(loss_value, &saved_stats, false, lr, tau);
         }
         let updated = self.micro_step + 1 == self.config.accumulate;
         let mut backward = self.backward(&f, &losses);
@@ -380,12 +394,28 @@ impl Learner {
             // A failed collective or libtorch error; the pending accumulation is dropped.
             return self.roll_back(&saved_stats, true).and(Err(e));
         }
+        self.finish(loss_value, z_std, lr, tau, &saved_stats)
+    }
 
+    /// A rejected step: everything it changed is put back, then it is counted or raised.
+    fn refuse_nonfinite(&mut self, loss_value: f64, saved_stats: &(Tensor, Tensor), drop_grads: bool, lr: f64, tau: f64) -> Result<StepMetrics> {
+        self.roll_back(saved_stats, drop_grads)?;
+        if self.config.on_nonfinite == "skip" {
+            self.skipped_steps += 1;
+            return Ok(self.metrics(Reading::Host(loss_value), Reading::Host(f64::NAN), lr, tau, false));
+        }
+        Err(Error::NonFiniteLoss { loss: loss_value, step: self.step, cancelled: 0 })
+    }
+
+    /// After a good backward: the micro-step is counted, and on the last one of the window the
+    /// optimizer and the EMA run.
+    fn finish(&mut self, loss_value: f64, z_std: f64, lr: f64, tau: f64, saved_stats: &(Tensor, Tensor)) -> Result<StepMetrics> {
+        let updated = self.micro_step + 1 == self.config.accumulate;
         self.micro_step += 1;
         let (loss, z_std) = (Reading::Host(loss_value), Reading::Host(z_std));
         if updated && self.config.precision == "fp16" && !self.unscale_grads()? {
             // Overflow: this update is skipped and the scale halved (dynamic loss scaling).
-            self.roll_back(&saved_stats, true)?;
+            self.roll_back(saved_stats, true)?;
             self.loss_scale /= 2.0;
             self.good_steps = 0;
             return Ok(self.metrics(loss, z_std, lr, tau, false));
@@ -395,6 +425,42 @@ impl Learner {
             self.step += 1;
         }
         Ok(self.metrics(loss, z_std, lr, tau, updated))
+    }
+
+    /// fp32 on the CPU, one micro-step per update, a target network and no process group: each
+    /// view's backward runs straight after its forward, so one view's activations are alive at
+    /// a time instead of two. The flat buffer then sums the views' gradients in place of
+    /// autograd, which gives the same bits (fp32 addition commutes, and the buffer held zeros).
+    fn backward_per_view(&self) -> bool {
+        self.device == tch::Device::Cpu && self.config.accumulate == 1 && self.target.is_some()
+            && self.dist.is_none() && self.config.precision == "fp32"
+    }
+
+    /// The targets of both views, then view 1 forward and backward, then view 2. Returns the
+    /// summed loss and z_std as the joint step computes them; nothing is backpropagated once
+    /// a loss is not finite.
+    fn forward_backward_per_view(&self, view1: &Tensor, view2: &Tensor) -> Result<(f64, f64)> {
+        let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
+        let target = self.target.as_ref().expect("backward_per_view needs a target network");
+        let (t1, t2) = tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true)));
+        let scale = self.loss_scale_tensor()?;
+        let (l12, z_std) = {
+            let z1 = self.online.project(&v1, true);
+            let p1 = self.online.predict(&z1, true);
+            let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
+            let l12 = loss::byol_loss_forward(&p1, &t2, Variant::CosineSimilarity)?;
+            if l12.loss.f_double_value(&[])?.is_finite() {
+                surrogate(&scale, &p1, &t2, &l12)?.f_backward()?;
+            }
+            (l12, z_std)
+        };
+        let p2 = self.online.predict(&self.online.project(&v2, true), true);
+        let l21 = loss::byol_loss_forward(&p2, &t1, Variant::CosineSimilarity)?;
+        let loss_value = l12.loss.f_add(&l21.loss)?.f_double_value(&[])?;
+        if loss_value.is_finite() {
+            surrogate(&scale, &p2, &t1, &l21)?.f_backward()?;
+        }
+        Ok((loss_value, z_std))
     }
 
     /// The CUDA step: nothing waits for the device. The loss is checked on the device, where a
@@ -505,12 +571,15 @@ impl Learner {
     /// The analytic dL/dp, scaled for accumulation (and fp16's loss scale), pushed through
     /// autograd into the flat gradient buffer.
     fn backward(&self, f: &Projections, l: &Losses) -> Result<()> {
-        // A fill on the device, not a host-to-device copy (which would synchronise).
-        let scale = Tensor::f_full([], self.loss_scale / self.config.accumulate as f64, (Kind::Float, self.device))?;
-        let g1 = loss::byol_loss_backward(&scale, &f.p1, &f.t2, &l.l12.saved)?;
-        let g2 = loss::byol_loss_backward(&scale, &f.p2, &f.t1, &l.l21.saved)?;
-        let surrogate = (&f.p1 * g1).f_sum(Kind::Float)? + (&f.p2 * g2).f_sum(Kind::Float)?;
-        Ok(surrogate.f_backward()?)
+        let scale = self.loss_scale_tensor()?;
+        let s = surrogate(&scale, &f.p1, &f.t2, &l.l12)? + surrogate(&scale, &f.p2, &f.t1, &l.l21)?;
+        Ok(s.f_backward()?)
+    }
+
+    /// `loss_scale / accumulate` as a 0-d tensor: a fill on the device, not a host-to-device
+    /// copy (which would synchronise).
+    fn loss_scale_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::f_full([], self.loss_scale / self.config.accumulate as f64, (Kind::Float, self.device))?)
     }
 
     /// The optimizer, then the EMA, then the gradients cleared for the next window.

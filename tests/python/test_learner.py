@@ -125,6 +125,31 @@ def test_non_finite_loss_raises_and_leaves_state_bit_identical():
     assert_same(snapshot(learner), before)
 
 
+def test_non_finite_second_view_undoes_the_first_views_gradients(tmp_path):
+    """On CPU each view's backward runs straight after its forward. Here view 1's loss is
+    finite and backpropagated, and view 2's is not: the step must still change nothing, its
+    half-accumulated gradients included (the next step must equal that of a copy saved before)."""
+    learner = small()
+    learner.step(*views())
+    name = "backbone.layers.0.conv.weight"
+    with torch.no_grad():
+        # The online first conv maps anything to 0, the target's overflows on a huge view 1:
+        # l12 = L(p1, t2) stays finite, l21 = L(p2, t1) does not.
+        learner.named_parameters()[name].zero_()
+        learner.target_named_parameters()[name].mul_(1e4)
+    learner.save(tmp_path / "before.pt")
+    before = snapshot(learner)
+    _, v2 = views(seed=3)
+    huge = torch.randn(v2.shape, generator=torch.Generator().manual_seed(4)).clamp(-1, 1) * 3e38
+    with pytest.raises(byol_rs.NonFiniteLossError, match="non-finite loss"):
+        learner.step(huge, v2)
+    assert_same(snapshot(learner), before)
+    copy = byol_rs.BYOL.load(tmp_path / "before.pt")
+    good = views(seed=5)
+    assert learner.step(*good)["loss"] == copy.step(*good)["loss"]
+    assert_same(snapshot(learner), snapshot(copy))
+
+
 def test_non_finite_loss_can_be_skipped_and_counted():
     learner = small(on_nonfinite="skip")
     learner.step(*views())
