@@ -441,7 +441,9 @@ impl Learner {
     /// a loss is not finite.
     fn forward_backward_per_view(&self, view1: &Tensor, view2: &Tensor) -> Result<(f64, f64)> {
         let (v1, v2) = (self.layout(view1)?, self.layout(view2)?);
-        let target = self.target.as_ref().expect("backward_per_view needs a target network");
+        let Some(target) = &self.target else {
+            return Err(value_error("target", "the per-view backward needs a target network"));
+        };
         let (t1, t2) = tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true)));
         let scale = self.loss_scale_tensor()?;
         let (l12, z_std) = {
