@@ -1,13 +1,16 @@
 """Image data for training and evaluation: IDX folders (Fashion-MNIST, MNIST),
 scikit-learn's digits, and any ``torch.utils.data.Dataset``. Everything is loaded into
-memory as uint8 ``[N, C, H, W]`` tensors, which the Rust augmentations consume directly."""
+memory as uint8 ``[N, C, H, W]`` tensors, which the Rust augmentations consume directly.
+
+A folder of JPEG, PNG or WebP files is streamed instead: :class:`ImageFolder` and
+:func:`collate_images`, defined in :mod:`byol_rs.folder` and re-exported here."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Tuple
+from typing import TYPE_CHECKING, Any, Tuple
 
 import torch
 
@@ -134,3 +137,19 @@ def load(dataset: str = "fashion-mnist", data_dir: "str | None" = None) -> Image
     if dataset == "digits":
         return load_digits()
     raise DatasetError(f"dataset: expected 'fashion-mnist' or 'digits' (or --data DIR), got {dataset!r}")
+
+
+if TYPE_CHECKING:
+    from .folder import ImageFolder, ImageSkippedWarning, collate_images  # noqa: F401
+
+_FOLDER_NAMES = ("ImageFolder", "ImageSkippedWarning", "ImageDecodeError", "NoReadableImageError",
+                 "collate_images", "scaled_size", "IMAGE_EXTENSIONS")
+
+
+def __getattr__(name: str) -> Any:
+    # byol_rs.folder imports DatasetError from here, so its names are re-exported lazily
+    # (PEP 562) rather than imported at the top, which would be a circular import.
+    if name in _FOLDER_NAMES:
+        from . import folder
+        return getattr(folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

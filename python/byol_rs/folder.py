@@ -1,0 +1,356 @@
+"""A folder of image files (JPEG, PNG, WebP) as a ``torch.utils.data.Dataset``.
+
+Items are uint8 ``[C, H, W]`` tensors at each file's own size (optionally capped by
+``max_side``), so a batch is ragged: :func:`collate_images` keeps it as a list.
+
+Decoding is torchvision.io's (libjpeg-turbo, libpng, libwebp); PIL is used only where
+torchvision raises, and for JPEG reduced-size (DCT-scaled) decoding under ``max_side``.
+torchvision is needed at run time (``pip install torchvision``); it brings PIL with it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+
+from .data import DatasetError
+from .errors import ByolTypeError, ByolValueError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class ImageSkippedWarning(UserWarning):
+    """A file could not be read or decoded; another sample was returned in its place."""
+
+
+class ImageDecodeError(DatasetError):
+    """``strict=True``: a file could not be read or decoded. The message names the file."""
+
+
+class NoReadableImageError(DatasetError):
+    """Not one file of the dataset could be read or decoded."""
+
+
+class _Unreadable(Exception):
+    """Internal: the file cannot be read or decoded; the message says why."""
+
+
+def scaled_size(height: int, width: int, max_side: Optional[int]) -> Tuple[int, int]:
+    """``(height, width)`` with the longer side capped at ``max_side``, aspect kept: the longer
+    side becomes ``max_side`` and the shorter ``round(shorter * max_side / longer)`` (half up,
+    at least 1). Images that fit are left at their size."""
+    longer = max(height, width)
+    if max_side is None or longer <= max_side:
+        return height, width
+    short = lambda s: max(1, (2 * s * max_side + longer) // (2 * longer))  # noqa: E731
+    return (max_side, short(width)) if height >= width else (short(height), max_side)
+
+
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma in fixed point, bit-identical to PIL's ``convert("L")``."""
+    x = rgb.to(torch.int32)
+    y = (x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 32768) >> 16
+    return y.to(torch.uint8).unsqueeze(0)
+
+
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """16-bit samples to 8 bits as round(v / 257) (PIL's own I;16 -> L clips at 255 instead)."""
+    if t.dtype == torch.uint8:
+        return t
+    return ((t.to(torch.int32).clamp_(0, 65535) * 2 + 257) // 514).to(torch.uint8)
+
+
+def _pil_decode(data: bytes, max_side: Optional[int]) -> Tuple[torch.Tensor, Optional[Tuple[float, float]]]:
+    """PIL's decode to uint8 [1 or 3, H, W]. With ``max_side``, a JPEG is DCT-scaled (draft
+    mode) and the second value is the (height, width) the file's pixels span in the reduced
+    image: fractional where the last block row or column is partial."""
+    import numpy as np
+    from PIL import Image
+
+    region = None
+    with Image.open(io.BytesIO(data)) as im:
+        if max_side is not None and im.format == "JPEG":
+            h, w = scaled_size(im.height, im.width, max_side)
+            drafted = im.draft("RGB", (w, h))  # the largest 1/2, 1/4 or 1/8 scale still >= (w, h)
+            region = (drafted[1][3], drafted[1][2]) if drafted else None
+        im.load()
+        if im.mode.startswith("I"):  # 16/32-bit grey: I;16, I;16B, I
+            return _to_uint8(torch.from_numpy(np.array(im, dtype=np.int32))).unsqueeze(0), region
+        a = np.array(im.convert("L" if im.mode in ("1", "L", "LA", "F") else "RGB"))
+    t = torch.from_numpy(a)
+    return (t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)), region
+
+
+def _resize(img: torch.Tensor, size: Tuple[int, int], region: Optional[Tuple[float, float]]) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 ``img`` to ``size``, as torchvision's. With
+    ``region``, the top-left ``region`` (fractional height, width) of ``img`` maps onto the
+    output, not all of it: a DCT-scaled JPEG's partial last block row and column hold less
+    than a full pixel of the file, and stretching them over a whole one would shift the edge
+    by up to one output pixel."""
+    from torch.nn.functional import interpolate
+    from torchvision.transforms.v2.functional import resize
+
+    if region is None or tuple(region) == tuple(img.shape[1:]):
+        return resize(img, list(size), antialias=True)
+    # scale factors that map the output onto region; (1 + 1e-9) keeps floor(in * scale) at
+    # size where region is whole (in * scale is then size, up to rounding), and it stays
+    # below size + 1 where it is partial (in < region + 1, scale <= 1/2 since DCT scaling
+    # applied); the shift in pixel positions is 1e-9 of a pixel.
+    scale = [n / r * (1 + 1e-9) for n, r in zip(size, region)]
+    native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")  # as torchvision
+    x = img.unsqueeze(0) if native else img.unsqueeze(0).float()
+    out = interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True,
+                      recompute_scale_factor=False)[0]
+    if tuple(out.shape[1:]) != tuple(size):  # not expected (see above); never fail on it
+        return resize(img, list(size), antialias=True)
+    return out if native else out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _decode(path: str, channels: int, max_side: Optional[int]) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+    except OSError as e:
+        raise _Unreadable(f"cannot read it ({e.strerror or e})") from None
+    if not data:
+        raise _Unreadable("the file is empty (0 bytes)")
+    img = target = region = None
+    # Decode route for JPEGs under max_side. Measured on one core (torch.set_num_threads(1))
+    # with max_side=256, ms per image, min of 15-40 runs, same run, shared 2-core machine:
+    #                 torchvision full decode + resize   this code: PIL draft (DCT scaling) + resize
+    #   427x640       0.91-0.92                           0.81-0.86  (DCT 1/2)
+    #   1500x2000     8.5-9.0                             6.3-6.5    (DCT 1/4)
+    #   2000x2000     8.5-8.7                             4.9-5.0    (DCT 1/4)
+    # (two earlier runs, heavier load: 0.93-1.19 / 0.80-1.22, 9.0-11.2 / 6.1-8.3, 8.7-11.1 /
+    # 4.8-7.6). So a JPEG that DCT scaling can shrink is drafted, at the largest 1/2..1/8
+    # scale still >= the target; drafting to 2x the target, as PIL's thumbnail does, cost
+    # 7.4-7.5 ms at both 2000-px sizes: slower. A JPEG it cannot shrink (target above half
+    # size), and every full-size decode, goes through torchvision, whose full decode beats
+    # PIL's (0.64-0.77 against 1.16-1.44 ms at 427x640; 7.0-8.8 against 17-31 at 1500x2000).
+    # DCT scaling is about a box filter: against PIL's bilinear resize of the full decode,
+    # max/mean abs diff 67/3.4 levels, as PIL's BOX resize (77/3.3) differs from it.
+    if max_side is not None and data[:3] == b"\xff\xd8\xff":
+        try:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                h, w = scaled_size(im.height, im.width, max_side)
+                shrinks = min(im.width // w, im.height // h) >= 2
+            if shrinks:
+                (img, region), target = _pil_decode(data, max_side), (h, w)
+        except Exception:  # noqa: BLE001 - leave the verdict to the full decode below
+            img = target = region = None
+    if img is None:
+        try:
+            img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            img = img[0] if img.dim() == 4 else img  # an animated GIF: its first frame
+            img = _to_uint8(img)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means: try PIL
+            try:
+                img = _pil_decode(bytes(data), None)[0]
+            except Exception as e2:  # noqa: BLE001 - a decoder may raise anything on bad bytes
+                raise _Unreadable(f"not a readable image (torchvision: {_one_line(e)}; "
+                                  f"PIL: {_one_line(e2)})") from None
+    if img.shape[0] == 4:
+        img = img[:3]
+    if channels == 1 and img.shape[0] == 3:
+        img = _luma(img)
+    h, w = target or scaled_size(img.shape[1], img.shape[2], max_side)  # from the full size
+    if (h, w) != tuple(img.shape[1:]):
+        img = _resize(img, (h, w), region)
+    if channels == 3 and img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    # the decoders write [H, W, C] memory: this copy to [C, H, W] is about 2.5 ms of a
+    # 2000x1500 JPEG's 10 ms at full size (7.5 ms decode)
+    return img.contiguous()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _check_extensions(extensions: Any) -> Tuple[str, ...]:
+    items = (extensions,) if isinstance(extensions, str) else tuple(extensions)
+    if not items or not all(isinstance(e, str) and e.strip(".") for e in items):
+        raise ByolValueError(f"extensions: expected file endings such as '.jpg', got {extensions!r}")
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in items)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Image files under ``root``, labelled by class subfolder as ``torchvision.datasets.ImageFolder``.
+
+    - **Layout.** ``root/<class>/**/<file>``: the sorted names of ``root``'s subfolders are
+      the classes (``classes``, ``class_to_idx``), each scanned recursively. ``root/<file>``
+      with no subfolder holding images: unlabelled, every label is ``-1`` and ``classes == []``.
+      Images directly in ``root`` *and* in subfolders is ambiguous and raises
+      :class:`~byol_rs.data.DatasetError`, as do a missing root, a folder with no images and
+      a class folder with no images. ``samples`` lists ``(path, label)`` in
+      torchvision's order (class, then sorted path); ``targets`` the labels.
+    - **Files.** Extensions match case-insensitively. Decoding is torchvision.io's, PIL's
+      where torchvision raises. Grey, grey+alpha, RGB, RGBA, palette, CMYK and 16-bit files
+      become ``channels`` (1 or 3) channels: alpha is dropped (not composited), 16-bit
+      samples are rounded to ``v / 257``, colour to grey is ITU-R 601 luma as PIL's ``"L"``.
+      EXIF orientation is not applied (neither torchvision's nor PIL's loader applies it).
+    - **Items** are ``(image, label)``: ``image`` uint8 ``[channels, H, W]``, contiguous, at
+      the file's size, or with the longer side scaled down to ``max_side`` if it exceeds it
+      (:func:`scaled_size`; JPEGs decoded at reduced DCT scale where that helps, then an
+      antialiased bilinear resize to the exact size).
+    - **Bad files** (unreadable, empty, truncated, corrupt, not an image): with
+      ``strict=False`` each is skipped with an :class:`ImageSkippedWarning` naming it, and the
+      next readable sample (index + 1, + 2, ..., wrapping) is returned in its place, so a
+      DataLoader worker never dies of one; :class:`NoReadableImageError` if no file at all is
+      readable. ``strict=True`` raises :class:`ImageDecodeError` naming the file instead.
+      A file found bad is remembered and later passed over without a new attempt or warning.
+    - **Counting skips across processes.** The record of bad files is a tensor in shared
+      memory, made when the dataset is built; DataLoader workers (fork or spawn) write to the
+      same memory, so ``skipped`` / ``num_skipped`` read in the main process count the files
+      that any worker skipped, once each, however many epochs met them (each process that
+      builds its own dataset, such as a torchrun rank, has its own record). Items carry no
+      marker: a substituted sample is an ordinary one (it appears twice that epoch).
+      ``load(i)`` decodes ``samples[i]`` with no skipping.
+    """
+
+    def __init__(self, root: "str | os.PathLike[str]", *, channels: int = 3,
+                 max_side: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 strict: bool = False) -> None:
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ByolValueError(f"channels: expected 1 or 3, got {channels!r}")
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+            raise ByolValueError(f"max_side: expected None or an int >= 1, got {max_side!r}")
+        try:
+            import torchvision.io  # noqa: F401
+        except ImportError:
+            raise DatasetError("ImageFolder decodes with torchvision.io: pip install torchvision") from None
+        self.root = os.path.expanduser(os.fspath(root))
+        self.channels, self.max_side, self.strict = channels, max_side, bool(strict)
+        self.extensions = _check_extensions(extensions)
+        self.classes, self.class_to_idx, self.samples = self._scan()
+        self.targets = [label for _, label in self.samples]
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool)
+        try:
+            self._bad.share_memory_()
+        except RuntimeError:  # no shared memory here: skips are then counted per process
+            pass
+
+    def _is_image(self, name: str) -> bool:
+        return name.lower().endswith(self.extensions)
+
+    def _walk(self, folder: str) -> List[str]:
+        # torchvision's make_dataset order: sorted os.walk (following links), sorted names
+        return [os.path.join(d, name) for d, _, names in sorted(os.walk(folder, followlinks=True))
+                for name in sorted(names) if self._is_image(name)]
+
+    def _scan(self) -> Tuple[List[str], dict, List[Tuple[str, int]]]:
+        root, exts = self.root, ", ".join(self.extensions)
+        if not os.path.exists(root):
+            raise DatasetError(f"{root} does not exist")
+        if not os.path.isdir(root):
+            raise DatasetError(f"{root} is not a folder")
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        classes = [e.name for e in entries if e.is_dir()]
+        loose = [e.name for e in entries if not e.is_dir() and self._is_image(e.name)]
+        per_class = {c: self._walk(os.path.join(root, c)) for c in classes}
+        if loose:
+            labelled = [c for c in classes if per_class[c]]
+            if labelled:
+                raise DatasetError(
+                    f"{root} holds images both directly ({len(loose)}, e.g. {loose[0]}) and in "
+                    f"subfolders ({', '.join(labelled[:3])}{', ...' if len(labelled) > 3 else ''}); "
+                    f"put every image in a class subfolder (labelled) or none in one (unlabelled)")
+            return [], {}, [(os.path.join(root, name), -1) for name in loose]
+        if not any(per_class.values()):
+            raise DatasetError(f"{root} holds no image files ({exts}), directly or in subfolders")
+        empty = [c for c in classes if not per_class[c]]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise DatasetError(f"class folder {os.path.join(root, empty[0])} holds no image files "
+                               f"({exts}){more}; add images or remove it")
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        return classes, class_to_idx, [(p, class_to_idx[c]) for c in classes for p in per_class[c]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The image of ``samples[index]``, with no skipping; :class:`ImageDecodeError` if bad."""
+        path = self.samples[index][0]
+        try:
+            return _decode(path, self.channels, self.max_side)
+        except _Unreadable as e:
+            raise ImageDecodeError(f"{path}: {e}") from None
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        n = len(self.samples)
+        index = int(index)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        for k in range(n):
+            j = (index + k) % n
+            if self._bad[j]:
+                continue
+            path, label = self.samples[j]
+            try:
+                return _decode(path, self.channels, self.max_side), label
+            except _Unreadable as e:
+                if self.strict:
+                    raise ImageDecodeError(f"{path}: {e}") from None
+                self._bad[j] = True
+                warnings.warn(f"skipped {path}: {e}", ImageSkippedWarning, stacklevel=2)
+        raise NoReadableImageError(f"{self.root}: none of its {n} image files could be read or decoded")
+
+    @property
+    def skipped(self) -> List[str]:
+        """The paths skipped so far as unreadable, in this process or any DataLoader worker."""
+        return [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
+
+    @property
+    def num_skipped(self) -> int:
+        return int(self._bad.sum())
+
+    def __repr__(self) -> str:
+        kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
+        return (f"ImageFolder({self.root!r}, {len(self)} images, {kind}, channels={self.channels}, "
+                f"max_side={self.max_side}, strict={self.strict})")
+
+
+def collate_images(batch: Sequence[Tuple[torch.Tensor, int]]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """``DataLoader(collate_fn=collate_images)``: ``(images, labels)``, with ``images`` a list
+    of the samples' ``[C, H, W]`` tensors, sizes and values as they are, and ``labels`` int64.
+
+    In the main process the list holds the samples' own tensors. In a DataLoader worker it
+    holds contiguous views of one shared-memory buffer instead: each separate tensor would
+    travel to the main process on a file descriptor of its own, and a batch of hundreds of
+    them exhausts a low open-file limit (measured: 16-22 px images, ``ulimit -n 128``, two
+    workers: separate tensors fail at batch 32 with "received 0 items of ancdata"; packed,
+    batch 128 runs). The views keep the whole batch's buffer alive while any is."""
+    images, labels = [], []
+    for i, item in enumerate(batch):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ByolTypeError(f"batch[{i}]: expected (image, label), got {type(item).__name__}")
+        image, label = item
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            what = f"shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ByolTypeError(f"batch[{i}]: expected a [C, H, W] image tensor, got {what}")
+        images.append(image)
+        labels.append(int(label))
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    if (torch.utils.data.get_worker_info() is None or not images
+            or any(t.device.type != "cpu" or t.dtype != images[0].dtype for t in images)):
+        return images, labels_t
+    sizes = [t.numel() for t in images]
+    # as default_collate does in a worker: write straight into shared memory
+    flat = images[0].new(images[0]._typed_storage()._new_shared(sum(sizes), device="cpu")).resize_(sum(sizes))
+    torch.cat([t.reshape(-1) for t in images], out=flat)
+    return [v.view(t.shape) for v, t in zip(flat.split(sizes), images)], labels_t
+
+
+__all__ = ["ImageFolder", "ImageSkippedWarning", "ImageDecodeError", "NoReadableImageError",
+           "collate_images", "scaled_size", "IMAGE_EXTENSIONS"]
