@@ -1,9 +1,16 @@
 """The engine's Winograd F(2x2, 3x3) convolution (stride 1, padding 1, no bias) against
 F.conv2d in fp64.
 
-Output and the gradients of x and the weight are judged against F.conv2d in float64: the error
-must stay within 4x that of oneDNN's fp32 F.conv2d, plus 1e-5 of each tensor's largest entry
-(the rule of test_batch_norm.py).
+Output and the gradients of x and the weight are judged against F.conv2d in float64. The
+tolerance is floors.K = 10 times the floor measured at test time: oneDNN's own fp32 F.conv2d
+error, and at least sqrt(n) fp32 ulps of the tensor's largest entry, n the length of the sums
+that make one entry (9c for the output, 9k for dx, N*H*W for dweight; floors.py). Winograd's
+transforms round more than a direct sum: measured on the development machine, the engine's error
+is 0.95-4.1 ulps where oneDNN's is 0.43-6.5 ulps (at most 2.7x oneDNN's), and its worst ratio
+to the floor is 0.51.
+
+Mutations checked by hand (each fails every case): the weight's kernel flipped (correlation read
+as convolution), the weight scaled by 1 + 1e-5 in the reference, one input channel dropped.
 """
 
 import pytest
@@ -11,15 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from byol_rs import _core
+from floors import assert_near
 
-RTOL = 1e-5
+
+def close(name, got, want, fp32, n):
+    assert_near(name, got, want, fp32, n=n)
 
 
-def close(name, got, want, fp32):
-    err = (got.double() - want).abs().max().item()
-    theirs = (fp32.double() - want).abs().max().item()
-    bound = 4 * theirs + RTOL * max(want.abs().max().item(), 1e-6)
-    assert err <= bound, f"{name}: max |diff| {err:.3g} vs PyTorch fp32 {theirs:.3g}"
+def sum_lengths(x, weight):
+    """How many products make one entry of the output, dx and dweight."""
+    (n, c, h, w), k = x.shape, weight.shape[0]
+    return 9 * c, 9 * k, n * h * w
 
 
 def inputs(n, c, k, h, w, seed=0):
@@ -49,8 +58,8 @@ def test_matches_pytorch_in_fp64(n, c, k, h, w):
     want = conv_and_grads(lambda a, b: F.conv2d(a, b, padding=1), x, weight, grad, torch.float64)
     fp32 = conv_and_grads(lambda a, b: F.conv2d(a, b, padding=1), x, weight, grad)
     got = conv_and_grads(_core._winograd_conv3x3, x, weight, grad)
-    for name, g_, w_, f_ in zip(["output", "dx", "dweight"], got, want, fp32):
-        close(name, g_, w_, f_)
+    for name, g_, w_, f_, len_ in zip(["output", "dx", "dweight"], got, want, fp32, sum_lengths(x, weight)):
+        close(name, g_, w_, f_, len_)
     # Channels_last out, as the engine's next layers expect; the weight gradient in the weight's layout.
     assert got[0].is_contiguous(memory_format=torch.channels_last)
     assert got[2].is_contiguous(memory_format=torch.channels_last)
@@ -62,7 +71,9 @@ def test_weight_gradient_only_and_no_grad():
     _core._winograd_conv3x3(x, w).backward(grad)  # x needs no gradient, as for a first layer
     w_ref = weight.clone().requires_grad_()
     F.conv2d(x, w_ref, padding=1).backward(grad)
-    close("dweight", w.grad, w_ref.grad.double(), w_ref.grad)
+    w64 = weight.double().requires_grad_()
+    F.conv2d(x.double(), w64, padding=1).backward(grad.double())
+    close("dweight", w.grad, w64.grad, w_ref.grad, sum_lengths(x, weight)[2])
     with torch.no_grad():
         y = _core._winograd_conv3x3(x, w)
     assert y.grad_fn is None and not y.requires_grad
