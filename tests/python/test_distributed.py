@@ -22,7 +22,13 @@ sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
 from reference_byol import ZERO_GRAD  # noqa: E402
 
-RTOL = 1e-5  # issue 7: 2 ranks at B/2 vs 1 process at B, after 3 steps, fp32
+# The parity tolerance is K times a floor measured at test time, per optimizer: how far the
+# single-process run drifts from itself in the same 3 steps when its initial weights (online and
+# target alike) are scaled by 1 + 1e-7 * N(0, 1) element-wise. Measured on the development
+# machine: the floor is 4.3e-6-5.8e-6 of a tensor's largest entry (loss: 6.6e-8-1.3e-7
+# relative), and 2 ranks at B/2 land 5.1e-6-5.7e-6 from 1 process at B (loss 3.3e-8-1.3e-7):
+# at the floor, as a change of summation order should be.
+K = 10
 
 
 def torchrun(case: str, out: Path, timeout: float = 180) -> None:
@@ -37,19 +43,53 @@ def rank_results(out: Path, case: str) -> list:
     return [torch.load(out / f"{case}.rank{r}.pt", weights_only=False) for r in range(2)]
 
 
-def single_process(kwargs: dict) -> dict:
+def single_process(kwargs: dict, perturb_seed: int | None = None) -> dict:
     learner = byol_rs.BYOL("convnet", **ddp_worker.SMALL, **{k: v for k, v in kwargs.items() if k != "sync_bn"})
+    if perturb_seed is not None:
+        g = torch.Generator().manual_seed(perturb_seed)
+        online, target = learner.named_parameters(), learner.target_named_parameters()
+        with torch.no_grad():  # shared storage with the engine
+            for k, p in online.items():
+                factor = 1 + 1e-7 * torch.randn(p.shape, generator=g)
+                p.mul_(factor)
+                if k in target:
+                    target[k].mul_(factor)
     losses = [learner.step(*ddp_worker.views(s))["loss"] for s in range(ddp_worker.STEPS)]
     return {"losses": losses, "state": ddp_worker.state(learner)}
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
-    """Largest |a - b| relative to b's largest entry, over all tensors but the optimizer state
-    of ZERO_GRAD biases, which is rounding noise and must lie within an absolute 1e-6."""
+    """Largest |a - b| relative to b's largest entry, per tensor. The optimizer state of the
+    ZERO_GRAD biases (true gradient 0, so it holds rounding noise) is compared as one
+    concatenated vector against the largest entry of the other optimizer state."""
     assert a.keys() == b.keys()
     noise = [k for k in a if k.startswith("optim.") and k.rsplit(".", 1)[0][len("optim."):] in ZERO_GRAD]
-    assert all((a[k] - b[k]).abs().max() <= 1e-6 for k in noise)
-    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a if k not in noise)
+    assert noise
+    scale = max(b[k].abs().max().item() for k in a if k.startswith("optim.") and k not in noise)
+    gap = torch.cat([(a[k] - b[k]).flatten() for k in noise]).abs().max().item()
+    rest = max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a if k not in noise)
+    return max(rest, gap / scale)
+
+
+def loss_rel_diff(a: list, b: list) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def single():
+    """Per optimizer: the single-process run, and the floors of state and loss (module cache)."""
+    cache = {}
+
+    def get(kwargs: dict):
+        key = repr(sorted(kwargs.items()))
+        if key not in cache:
+            ref, shaken = single_process(kwargs), single_process(kwargs, perturb_seed=0)
+            floors = (max_rel_diff(shaken["state"], ref["state"]),
+                      max(loss_rel_diff(shaken["losses"], ref["losses"]), torch.finfo(torch.float32).eps))
+            cache[key] = ref, floors
+        return cache[key]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +100,17 @@ def parity(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name,kwargs", [("lars", {}), ("sgd", dict(optimizer="sgd", lr=0.5))])
-def test_two_ranks_with_sync_bn_match_one_process_at_the_full_batch(parity, name, kwargs):
-    ref = single_process(kwargs)
+def test_two_ranks_with_sync_bn_match_one_process_at_the_full_batch(parity, single, name, kwargs):
+    """Every weight, target weight, BN statistic and optimizer buffer, and the reported loss (the
+    mean over ranks), within K x the floor of the single-process run (see K).
+
+    Mutations checked by hand against the 2-rank run (each fails): the reference at twice the
+    SGD lr (the ranks' gradients summed, not averaged), at total_steps=11 (lr and tau one step
+    off), at weight_decay 1.5e-5 (LARS), and without SyncBN (test_without_sync_bn_...)."""
+    ref, (floor, loss_floor) = single(kwargs)
     got = parity[0][name]
-    # Every weight, target weight, BN statistic and optimizer buffer within 1e-5 relative
-    # (to the tensor's largest entry), and the reported loss (the mean over ranks).
-    assert max_rel_diff(got["state"], ref["state"]) < RTOL
-    assert got["losses"] == pytest.approx(ref["losses"], rel=RTOL)
+    assert max_rel_diff(got["state"], ref["state"]) <= K * floor
+    assert loss_rel_diff(got["losses"], ref["losses"]) <= K * loss_floor
 
 
 def test_parameters_are_bit_identical_across_ranks(parity):
@@ -79,10 +123,11 @@ def test_parameters_are_bit_identical_across_ranks(parity):
         assert a["losses"] == b["losses"]
 
 
-def test_without_sync_bn_the_ranks_normalise_locally(parity):
-    # The control that shows the parity test can fail: per-rank BN statistics give other weights.
-    ref = single_process({})
-    assert max_rel_diff(parity[0]["no_sync_bn"]["state"], ref["state"]) > 100 * RTOL
+def test_without_sync_bn_the_ranks_normalise_locally(parity, single):
+    # The control that shows the parity test can fail: per-rank BN statistics give other weights
+    # (measured 1.28 relative, 2.5e4 x the tolerance).
+    ref, (floor, _) = single({})
+    assert max_rel_diff(parity[0]["no_sync_bn"]["state"], ref["state"]) > 100 * K * floor
 
 
 def test_one_rank_rejecting_its_input_fails_every_rank_and_changes_nothing(tmp_path):
