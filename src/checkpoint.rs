@@ -48,6 +48,7 @@ pub fn save(l: &Learner, path: &Path) -> Result<()> {
         "skipped_steps": l.skipped_steps.to_string(),
         "loss_scale": l.loss_scale.to_string(),
         "good_steps": l.good_steps.to_string(),
+        "replan": l.replan.map(|r| serde_json::to_string(&r).expect("replan serialises")).unwrap_or_default(),
         "augment_rng": l.augment.as_ref().map(|a| serde_json::to_string(&a.rng).expect("rng serialises")).unwrap_or_default(),
     });
     header.insert("__metadata__".into(), meta);
@@ -149,6 +150,10 @@ pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::
     if meta.contains_key("loss_scale") {
         learner.loss_scale = field("loss_scale")?.parse().map_err(|_| err(path, "bad loss_scale"))?;
         learner.good_steps = counter("good_steps")?;
+    }
+    // Absent from checkpoints written before continuous re-plans, and empty when none happened.
+    if let Some(r) = meta.get("replan").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        learner.replan = Some(serde_json::from_str(r).map_err(|e| err(path, format!("bad replan: {e}")))?);
     }
     if let Some(aug) = learner.augment.as_mut() {
         aug.rng = serde_json::from_str(field("augment_rng")?).map_err(|e| err(path, format!("bad augment_rng: {e}")))?;

@@ -10,7 +10,7 @@ use crate::model::flat::FlatTensors;
 use crate::model::network::{network, ordered_variables, Network};
 use crate::model::norm::SyncHandle;
 use crate::optim::{self, Optimizer};
-use crate::schedule::{cosine_tau, warmup_cosine_lr};
+use crate::schedule::{replanned_lr, replanned_tau, Replan};
 use crate::shim;
 use std::collections::VecDeque;
 use tch::nn::{self, ModuleT};
@@ -100,6 +100,8 @@ pub struct Learner {
     /// fp16's dynamic loss scale, and the good updates since it last changed.
     pub loss_scale: f64,
     pub good_steps: i64,
+    /// The last change of the run's length, from which the schedules continue (None: as planned).
+    pub replan: Option<Replan>,
     /// The pipeline `step_images` applies; its RNG state is part of the training state.
     pub augment: Option<Augment>,
     /// The process group of a data-parallel run.
@@ -194,6 +196,7 @@ impl Learner {
             skipped_steps: 0,
             loss_scale,
             good_steps: 0,
+            replan: None,
             augment,
             dist,
             pending: VecDeque::new(),
@@ -245,11 +248,12 @@ impl Learner {
         let world = self.dist.as_ref().map_or(1, Dist::world_size);
         let images = c.batch_size.unwrap_or(batch * c.accumulate * world);
         let scaled = c.lr.unwrap_or(0.0) * images as f64 / 256.0;
-        warmup_cosine_lr(self.step, c.total_steps, c.warmup_steps, scaled, c.final_lr)
+        replanned_lr(self.replan.as_ref(), self.step, c.total_steps, c.warmup_steps, scaled, c.final_lr)
     }
 
     /// Changes the schedules' length mid-run (a time-budgeted run re-planned from its measured
-    /// speed). The warm-up stays; the lr and tau cosines stretch or shrink from here on.
+    /// speed). The warm-up stays; the rest of the lr and tau cosines stretches or shrinks from
+    /// here on, starting from their current values (`schedule::Replan`).
     pub fn set_total_steps(&mut self, total: i64) -> Result<()> {
         if self.config.preset.is_some() {
             return Err(value_error("total_steps", "is fixed by the preset (its epochs times steps_per_epoch)"));
@@ -258,12 +262,16 @@ impl Learner {
         if total < least {
             return Err(value_error("total_steps", format!("must be >= {least} (steps done, warm-up and 1), got {total}")));
         }
-        self.config.total_steps = total;
+        if total != self.config.total_steps {
+            self.replan = Some(Replan::at(self.replan.as_ref(), self.step, self.config.total_steps, self.config.warmup_steps));
+            self.config.total_steps = total;
+        }
         Ok(())
     }
 
     pub fn tau(&self) -> Result<f64> {
-        cosine_tau(self.step, self.config.total_steps, self.config.tau_base, self.config.tau_final)
+        let c = &self.config;
+        replanned_tau(self.replan.as_ref(), self.step, c.total_steps, c.tau_base, c.tau_final)
     }
 
     /// One BYOL step on two augmented views of the same batch.
@@ -371,7 +379,7 @@ impl Learner {
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
         };
         let losses = self.losses(&f)?;
-        let local = (losses.sum.f_double_value(&[])?, tch::no_grad(|| crate::eval::diagnostics::z_std(&f.z1))?);
+        let local = (losses.sum.f_double_value(&[])?, crate::model::no_grad(|| crate::eval::diagnostics::z_std(&f.z1))?);
         let (loss_value, z_std) = match self.global_mean(local) {
             Ok(m) => m,
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
@@ -444,12 +452,12 @@ impl Learner {
         let Some(target) = &self.target else {
             return Err(value_error("target", "the per-view backward needs a target network"));
         };
-        let (t1, t2) = tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true)));
+        let (t1, t2) = crate::model::no_grad(|| (target.project(&v1, true), target.project(&v2, true)));
         let scale = self.loss_scale_tensor()?;
         let (l12, z_std) = {
             let z1 = self.online.project(&v1, true);
             let p1 = self.online.predict(&z1, true);
-            let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
+            let z_std = crate::model::no_grad(|| crate::eval::diagnostics::z_std(&z1))?;
             let l12 = loss::byol_loss_forward(&p1, &t2, Variant::CosineSimilarity)?;
             if l12.loss.f_double_value(&[])?.is_finite() {
                 surrogate(&scale, &p1, &t2, &l12)?.f_backward()?;
@@ -480,7 +488,7 @@ impl Learner {
             Err(e) => return self.roll_back(&saved_stats, false).and(Err(e)),
         };
         let losses = self.losses(&f)?;
-        let z_std = tch::no_grad(|| crate::eval::diagnostics::z_std_on_device(&f.z1))?;
+        let z_std = crate::model::no_grad(|| crate::eval::diagnostics::z_std_on_device(&f.z1))?;
         let check = shim::HostCopy::start(&losses.sum)?;
         {
             let _guard = tch::no_grad_guard();
@@ -588,7 +596,7 @@ impl Learner {
     fn update(&mut self, lr: f64, tau: f64) -> Result<()> {
         self.optimizer.step(&self.params, &self.grads, lr, self.step + 1)?;
         self.ema(tau, self.config.ema_bn_stats)?;
-        let _ = tch::no_grad(|| self.grads.flat.f_zero_())?;
+        let _ = crate::model::no_grad(|| self.grads.flat.f_zero_())?;
         self.micro_step = 0;
         Ok(())
     }
@@ -603,7 +611,7 @@ impl Learner {
         let (p1, p2) = (self.online.predict(&z1, true), self.online.predict(&z2, true));
         // Target network under stop-gradient; in SimSiam mode the online projections.
         let (t1, t2) = match &self.target {
-            Some(target) => tch::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
+            Some(target) => crate::model::no_grad(|| (target.project(&v1, true), target.project(&v2, true))),
             None => (z1.detach(), z2.detach()),
         };
         drop(autocast);
@@ -657,7 +665,7 @@ impl Learner {
     pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
         self.check_images(images, "x", true)?;
         let x = self.layout(images)?;
-        Ok(tch::no_grad(|| self.online.backbone.forward_t(&x, false)).f_contiguous()?)
+        Ok(crate::model::no_grad(|| self.online.backbone.forward_t(&x, false)).f_contiguous()?)
     }
 
     /// fp32 on the learner's device, NHWC in memory where that is faster.

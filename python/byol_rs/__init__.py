@@ -25,6 +25,7 @@ from .errors import (  # noqa: E402
     ByolTypeError,
     ByolValueError,
     CheckpointError,
+    ByolRuntimeError,
     DistributedError,
     NonFiniteLossError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ByolTypeError",
     "ByolValueError",
     "CheckpointError",
+    "ByolRuntimeError",
     "DistributedError",
     "NonFiniteLossError",
     "byol_loss",

@@ -25,9 +25,15 @@ class CheckpointError(ByolValueError):
     """A checkpoint is missing, truncated, foreign or could not be written."""
 
 
-class DistributedError(ByolError, RuntimeError):
+class ByolRuntimeError(ByolError, RuntimeError):
+    """libtorch failed while running a valid call: out of memory, a CUDA or cuDNN error. A failed
+    training step leaves the weights, the optimizer state and the counters as they were."""
+
+
+class DistributedError(ByolRuntimeError):
     """A collective failed, or another rank rejected its input, so every rank stopped this step
     with no weight, optimizer state or counter changed."""
 
 
-__all__ = ["ByolError", "ByolValueError", "ByolTypeError", "NonFiniteLossError", "CheckpointError", "DistributedError"]
+__all__ = ["ByolError", "ByolValueError", "ByolTypeError", "ByolRuntimeError", "NonFiniteLossError", "CheckpointError",
+           "DistributedError"]

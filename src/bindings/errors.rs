@@ -1,12 +1,15 @@
 //! The one place where engine errors become Python exceptions. The classes live in
 //! `byol_rs/errors.py` so that each can derive from both `ByolError` and a builtin.
 use crate::error::Error;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 fn class_name(err: &Error) -> &'static str {
     match err {
-        Error::Value { .. } | Error::Torch(_) => "ByolValueError",
+        Error::Value { .. } => "ByolValueError",
+        // Inputs are checked before they reach libtorch, so what it raises is a runtime failure:
+        // out of memory, a CUDA or cuDNN error.
+        Error::Torch(_) => "ByolRuntimeError",
         Error::Type { .. } => "ByolTypeError",
         Error::NonFiniteLoss { .. } => "NonFiniteLossError",
         Error::Checkpoint { .. } | Error::Io(_) => "CheckpointError",
@@ -15,29 +18,42 @@ fn class_name(err: &Error) -> &'static str {
 }
 
 pub fn to_py(err: Error) -> PyErr {
+    new_error(class_name(&err), err.to_string())
+}
+
+/// An instance of `byol_rs.errors.<class>`; a plain ValueError if that module cannot load.
+fn new_error(class: &str, msg: String) -> PyErr {
     Python::with_gil(|py| {
-        let class = py
-            .import("byol_rs.errors")
-            .and_then(|m| m.getattr(class_name(&err)));
-        match class {
-            Ok(class) => PyErr::from_value(class.call1((err.to_string(),)).unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any())),
-            Err(_) => PyValueError::new_err(err.to_string()),
+        match py.import("byol_rs.errors").and_then(|m| m.getattr(class)) {
+            Ok(class) => PyErr::from_value(class.call1((msg,)).unwrap_or_else(|e| e.into_value(py).into_bound(py).into_any())),
+            Err(_) => PyValueError::new_err(msg),
         }
     })
 }
 
-/// Runs `f` with the GIL released; engine errors and panics come back as Python exceptions.
+/// Runs `f` with the GIL released; engine errors and panics come back as Python exceptions. A
+/// panic is a `ByolRuntimeError`: a libtorch failure inside a call that cannot return one (tch's
+/// non-`f_` methods panic on it, out of memory among them), or a bug.
 pub fn run<T: Send, F: FnOnce() -> crate::Result<T> + Send>(py: Python<'_>, f: F) -> PyResult<T> {
+    // Autograd's mode is per thread, and Python's: put it back as it was if `f` panicked.
+    let grad_enabled = unsafe { torch_sys::at_grad_set_enabled(1) };
+    unsafe { torch_sys::at_grad_set_enabled(grad_enabled) };
     let out = py.allow_threads(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     match out {
         Ok(result) => result.map_err(to_py),
         Err(panic) => {
+            unsafe { torch_sys::at_grad_set_enabled(grad_enabled) };
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(PyRuntimeError::new_err(format!("internal error in byol_rs (please report): {msg}")))
+            let msg = if msg.contains("Torch(") || msg.contains("TchError") {
+                format!("libtorch: {msg}")
+            } else {
+                format!("internal error in byol_rs (please report): {msg}")
+            };
+            Err(new_error("ByolRuntimeError", msg))
         }
     }
 }

@@ -11,3 +11,11 @@ pub mod network;
 pub fn switched_on(env: &str) -> bool {
     std::env::var_os(env).is_none_or(|v| v != "0")
 }
+
+/// `f` with gradients off, restored on the way out even when `f` panics (an out-of-memory
+/// inside a tch call does): `tch::no_grad` restores only on return, so a panic in it would leave
+/// the thread's autograd off and every later step without gradients.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = tch::no_grad_guard();
+    f()
+}

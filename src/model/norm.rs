@@ -97,7 +97,7 @@ impl Norm {
         let mean_centred = total.narrow(0, 0, c) / &n;
         let var = total.narrow(0, c, c) / &n - mean_centred.square();
         let mean = &shift + &mean_centred;
-        tch::no_grad(|| {
+        crate::model::no_grad(|| {
             let unbiased = &var * &n / (&n - 1.0);
             let _ = self.bn.running_mean.shallow_clone().lerp_(&mean, MOMENTUM);
             let _ = self.bn.running_var.shallow_clone().lerp_(&unbiased, MOMENTUM);
