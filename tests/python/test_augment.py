@@ -13,6 +13,7 @@
 import functools
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -27,19 +28,17 @@ import byol_rs
 import byol_rs.functional as BF
 from byol_rs.errors import ByolError, ByolTypeError, ByolValueError
 from conftest import requires_cuda
+from floors import K, eps
 from learner_state import assert_same, snapshot
 
-# Tolerances (absolute, images in [0, 1]); observed maxima on the 2-core CPU in brackets.
-# resized_crop by method: ATen's kernel is torchvision's; byol-rs's CPU kernel and the batched
-# matrix products compute the same taps (summed in another order for the latter)
-# [measured over random boxes: cpu 1.8e-7 bilinear / 6.6e-7 bicubic, matmul 3.6e-7 / 6.6e-7].
-TOL_CROP = {"aten": 1e-6, "cpu": 1e-6, "matmul": 2e-6}
-TOL_GEOMETRY = 1e-6  # resized_crop bilinear/bicubic, hflip: the same ATen kernels [0.0]
-TOL_COLOUR = 1e-6  # brightness, contrast, saturation, grayscale: luma summed in another order [1.2e-7]
-TOL_HUE = 1e-6  # HSV round trip written like torchvision's [0.0]
-TOL_BLUR = 3e-6  # two 1-D convolutions vs torchvision's one 2-D convolution [1.1e-6]
-TOL_PIPELINE = 3e-6  # whole view vs torchvision composed by hand, unnormalised [1.1e-6]
-TOL_CUDA = 1e-4  # CPU vs CUDA, normalised output (the tracked issue's bar)
+# Tolerances (issue 17): an op against torchvision is judged against torchvision run in float64,
+# within K = 10 times the floor measured at test time, torchvision's own fp32 error, and at least
+# one fp32 ulp of 1 (assert_like_torchvision). Measured on the development machine: the engine's
+# error is at most 1.29x that floor (saturation; crop 1.06, blur 0.94, whole views 1.05).
+# Mutations of the reference checked by hand (each fails): brightness and saturation factors
+# scaled by 1 + 1e-4 (the latter through the whole pipeline), blur sigma by 1.001, the hue
+# shift moved by 1e-4, a crop box one pixel off.
+TOL_CUDA = 1e-4  # CPU vs CUDA, normalised output (the tracked issue's bar); not re-derived from a floor: no CUDA device in this session
 Z = 5.0  # statistical checks: within 5 standard errors
 KS_001 = 1.95  # Kolmogorov-Smirnov critical value for p = 0.001, times 1/sqrt(n)
 N_STATS = 20000
@@ -91,6 +90,17 @@ def per_image(op, x, *params):
 def maxdiff(a, b):
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.float() - b.float()).abs().max().item()
+
+
+def assert_like_torchvision(name, got, reference, x, k=K):
+    """got against reference(x) run in float64: within k times the floor, how far the same
+    reference in fp32 lands from it, and at least one fp32 ulp of 1 (images lie in [0, 1])."""
+    want64, want32 = reference(x.double()), reference(x)
+    floor = max((want32.double() - want64).abs().max().item(), eps())
+    err = (got.double() - want64).abs().max().item()
+    if os.environ.get("BYOL_RS_PRINT_FLOORS"):
+        print(f"FLOOR {name}: err {err:.3g} floor {floor:.3g} ratio {err / floor:.3g}")
+    assert err <= k * floor, f"{name}: max |diff| {err:.3g} > {k:g} x floor {floor:.3g}"
 
 
 def torchvision_view(x, p, cfg, size, kernel):
@@ -169,9 +179,9 @@ def test_resized_crop_matches_torchvision_per_sample_boxes(interpolation, size, 
     ])
     got = BF.resized_crop(x, boxes, size, interpolation, method=method)
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    want = per_image(lambda img, b: TF.resized_crop(img, *b.tolist(), size=list(size), interpolation=mode, antialias=True), x, boxes)
     assert got.shape == (6, 3, *size) and got.dtype == torch.float32
-    assert maxdiff(got, want) <= TOL_CROP[method]
+    assert_like_torchvision("resized_crop", got, lambda xx: per_image(
+        lambda img, b: TF.resized_crop(img, *b.tolist(), size=list(size), interpolation=mode, antialias=True), xx, boxes), x)
     # the box of the output size is the crop itself, and every sample used its own box
     assert torch.equal(got[2], x[2, :, 30:30 + size[0], 40:40 + size[1]])
     same_box = BF.resized_crop(x, boxes[:1].repeat(6, 1), size, interpolation)
@@ -192,9 +202,11 @@ def test_resized_crop_methods_agree_on_random_boxes(interpolation, size, method)
         h, w = (int(torch.randint(1, s + 1, (1,), generator=g)) for s in (height, width))
         boxes.append([int(torch.randint(0, height - h + 1, (1,), generator=g)), int(torch.randint(0, width - w + 1, (1,), generator=g)), h, w])
     boxes = torch.tensor(boxes)
-    want = BF.resized_crop(x, boxes, size, interpolation, method="aten")
     got = BF.resized_crop(x, boxes, size, interpolation, method=method)
-    assert maxdiff(got, want) <= TOL_CROP[method]
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    # torchvision's per-image kernel is ATen's (method="aten"), here run in fp32 and float64.
+    assert_like_torchvision("resized_crop", got, lambda xx: per_image(
+        lambda img, b: TF.resized_crop(img, *b.tolist(), size=list(size), interpolation=mode, antialias=True), xx, boxes), x)
 
 
 def test_resized_crop_int_size_and_uint8_input():
@@ -203,7 +215,9 @@ def test_resized_crop_int_size_and_uint8_input():
     square = BF.resized_crop(x, boxes, 40, "bilinear")
     assert torch.equal(square, BF.resized_crop(x, boxes, (40, 40), "bilinear"))
     u8 = photos_uint8()
-    assert maxdiff(BF.resized_crop(u8, boxes, 40), BF.resized_crop(u8.float() / 255, boxes, 40)) <= TOL_GEOMETRY
+    # The same taps on k / 255 either way: at most one rounding of the input apart, through
+    # weights summing to 1 (measured: equal); K fp32 ulps of 1.
+    assert maxdiff(BF.resized_crop(u8, boxes, 40), BF.resized_crop(u8.float() / 255, boxes, 40)) <= K * eps()
 
 
 COLOUR_FACTORS = {
@@ -218,9 +232,8 @@ def test_colour_adjustments_match_torchvision_per_sample_factor(name):
     x = photos(2)
     factor = torch.tensor(COLOUR_FACTORS[name])
     got = getattr(BF, "adjust_" + name)(x, factor)
-    want = per_image(lambda img, f: getattr(TF, "adjust_" + name)(img, f.item()), x, factor)
     assert got.shape == x.shape
-    assert maxdiff(got, want) <= TOL_COLOUR
+    assert_like_torchvision(name, got, lambda xx: per_image(lambda img, f: getattr(TF, "adjust_" + name)(img, f.item()), xx, factor), x)
     # each sample used its own factor: the same image with two factors differs
     assert maxdiff(got[0], got[3]) > 0.05
 
@@ -229,18 +242,17 @@ def test_hue_matches_torchvision_per_sample_shift():
     x = photos(3)  # nine images
     shift = torch.tensor([-0.5, -0.1, -0.03, 0.0, 0.05, 0.1, 0.25, 0.4, 0.5])
     got = BF.adjust_hue(x, shift)
-    want = per_image(lambda img, s: TF.adjust_hue(img, s.item()), x, shift)
-    assert maxdiff(got, want) <= TOL_HUE
-    assert maxdiff(got[3], x[3]) <= TOL_HUE  # shift 0 (round trip through HSV)
+    assert_like_torchvision("hue", got, lambda xx: per_image(lambda img, s: TF.adjust_hue(img, s.item()), xx, shift), x)
+    # shift 0 (round trip through HSV): the identity in float64
+    assert_like_torchvision("hue 0", got[3], lambda xx: TF.adjust_hue(xx, 0.0) if xx.dtype == torch.float32 else xx, x[3])
     assert maxdiff(got[1], got[4]) > 0.01
 
 
 def test_grayscale_matches_torchvision_three_output_channels():
     x = photos()
     got = BF.rgb_to_grayscale(x)
-    want = per_image(lambda img: TF.rgb_to_grayscale(img, num_output_channels=3), x)
     assert got.shape == x.shape
-    assert maxdiff(got, want) <= TOL_COLOUR
+    assert_like_torchvision("grayscale", got, lambda xx: per_image(lambda img: TF.rgb_to_grayscale(img, num_output_channels=3), xx), x)
     assert torch.equal(got[:, 0], got[:, 1]) and torch.equal(got[:, 0], got[:, 2])
 
 
@@ -249,22 +261,21 @@ def test_gaussian_blur_matches_torchvision_per_sample_sigma(kernel):
     x = photos(2)
     sigma = torch.tensor([0.1, 0.7, 2.0, 1.3, 0.35, 5.0])
     got = BF.gaussian_blur(x, kernel, sigma)
-    want = per_image(lambda img, s: TF.gaussian_blur(img, [kernel, kernel], [s.item(), s.item()]), x, sigma)
-    assert maxdiff(got, want) <= TOL_BLUR
+    assert_like_torchvision("blur", got, lambda xx: per_image(lambda img, s: TF.gaussian_blur(img, [kernel, kernel], [s.item(), s.item()]), xx, sigma), x)
     assert maxdiff(got[0], got[3]) > 0.01  # same image, sigma 0.1 vs 1.3
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.3, 0.0, 1.0])
 def test_solarize_matches_torchvision(threshold):
     x = photos()
-    assert maxdiff(BF.solarize(x, threshold), TF.solarize(x, threshold)) <= TOL_COLOUR
+    assert_like_torchvision("solarize", BF.solarize(x, threshold), lambda xx: TF.solarize(xx, threshold), x)
     g = gray_photos()
-    assert maxdiff(BF.solarize(g, threshold), TF.solarize(g, threshold)) <= TOL_COLOUR
+    assert_like_torchvision("solarize", BF.solarize(g, threshold), lambda xx: TF.solarize(xx, threshold), g)
 
 
 def test_hflip_matches_torchvision():
     x = photos()
-    assert maxdiff(BF.hflip(x), TF.horizontal_flip(x)) <= TOL_GEOMETRY
+    assert torch.equal(BF.hflip(x), TF.horizontal_flip(x))  # a copy: bit for bit
     assert torch.equal(BF.hflip(BF.hflip(x)), x)
 
 
@@ -273,9 +284,8 @@ def test_single_channel_brightness_and_contrast_match_torchvision(name):
     g = gray_photos(2)
     factor = torch.tensor(COLOUR_FACTORS[name])
     got = getattr(BF, "adjust_" + name)(g, factor)
-    want = per_image(lambda img, f: getattr(TF, "adjust_" + name)(img, f.item()), g, factor)
     assert got.shape == g.shape
-    assert maxdiff(got, want) <= TOL_COLOUR
+    assert_like_torchvision(name, got, lambda xx: per_image(lambda img, f: getattr(TF, "adjust_" + name)(img, f.item()), xx, factor), g)
     assert maxdiff(got, g) > 0.05
 
 
@@ -328,8 +338,7 @@ def test_pipeline_equals_torchvision_composed_with_sampled_params(case):
     kernel = cfg["blur_kernel"] or default_kernel(size)
     assert v1.shape == (x.shape[0], x.shape[1], *size)
     for view, p, name in [(v1, p1, "view1"), (v2, p2, "view2")]:
-        want = torchvision_view(x, p, cfg[name], size, kernel)
-        assert maxdiff(view, want) <= TOL_PIPELINE, name
+        assert_like_torchvision(name, view, lambda xx: torchvision_view(xx, p, cfg[name], size, kernel), x)
     # the batch really exercised the branches
     assert p1["jitter"].any() and p1["flip"].any() and not p1["flip"].all()
     assert not torch.isnan(p1["blur_sigma"]).any() or case == "one_channel"
@@ -346,8 +355,7 @@ def test_pipeline_with_normalisation_equals_torchvision_then_normalise():
     std = torch.tensor(byol_rs.augment.IMAGENET_STD).view(1, 3, 1, 1)
     cfg = aug.config
     for view, p, name in [(v1, p1, "view1"), (v2, p2, "view2")]:
-        want = (torchvision_view(x, p, cfg[name], (48, 48), default_kernel((48, 48))) - mean) / std
-        assert maxdiff(view, want) <= TOL_PIPELINE / min(byol_rs.augment.IMAGENET_STD)
+        assert_like_torchvision(name, view, lambda xx: (torchvision_view(xx, p, cfg[name], (48, 48), default_kernel((48, 48))) - mean.to(xx.dtype)) / std.to(xx.dtype), x)
 
 
 @pytest.mark.parametrize("size,kernel,others", [(224, 23, [11]), (96, 11, [9, 13]), (40, 5, [3, 7])])
@@ -362,7 +370,7 @@ def test_default_blur_kernel_is_ten_percent_odd(size, kernel, others):
     p1, _ = aug.sample_params(3, 96, 128)
     aug.rng_state = state
     v1, _ = aug(x)
-    assert maxdiff(v1, torchvision_view(x, p1, aug.config["view1"], (size, size), kernel)) <= TOL_PIPELINE
+    assert_like_torchvision("view1", v1, lambda xx: torchvision_view(xx, p1, aug.config["view1"], (size, size), kernel), x)
     for k in others:
         assert maxdiff(v1, torchvision_view(x, p1, aug.config["view1"], (size, size), k)) > 1e-4
 
@@ -536,7 +544,7 @@ def test_small_image_preset_config():
     assert cfg["mean"] == [] and cfg["std"] == [] and cfg["size"] == [28, 28]
     cfg = byol_rs.Augment.byol(224).config
     assert cfg["view1"]["blur_p"] == 1.0 and cfg["view2"]["blur_p"] == 0.1
-    assert cfg["mean"] == pytest.approx(list(byol_rs.augment.IMAGENET_MEAN))
+    assert cfg["mean"] == pytest.approx(list(byol_rs.augment.IMAGENET_MEAN), rel=K * eps())  # held in fp32
 
 
 # --------------------------------------------------------------------------- 3. per-sample randomness
@@ -647,9 +655,11 @@ def test_uint8_and_float_input_agree(dtype):
     x = photos_uint8(2)
     ref = byol_rs.Augment(48, seed=6, mean=None, std=None)(x)
     got = byol_rs.Augment(48, seed=6, mean=None, std=None)(x.to(dtype) / 255)
-    # float16 cannot hold k/255 exactly: its rounding (<= 2.4e-4), amplified by the jitter
-    # factors (up to ~3.5x), bounds the difference there [observed 4.3e-4]; else [0.0]
-    tol = 1e-6 if dtype != torch.float16 else 1e-3
+    # The floor: the input's own rounding, measured (float16 cannot hold k/255 exactly: 2.4e-4),
+    # and at least one fp32 ulp of 1; K = 10 times it covers the jitter factors' amplification
+    # (up to ~3.5x). Measured: 4.3e-4 for float16 (0.18 of the tolerance), 0 otherwise.
+    rounding = ((x.to(dtype) / 255).double() - x.double() / 255).abs().max().item()
+    tol = K * max(rounding, eps())
     assert maxdiff(got[0], ref[0]) <= tol and maxdiff(got[1], ref[1]) <= tol
 
 
@@ -660,7 +670,7 @@ def test_one_channel_input_gives_one_channel_output():
     assert v1.min() >= 0 and v1.max() <= 1
     # with a one-value mean/std
     n1, _ = byol_rs.Augment.small_image(28, seed=1, mean=(0.5,), std=(0.25,))(x)
-    assert maxdiff(n1, (v1 - 0.5) / 0.25) <= 1e-6
+    assert_like_torchvision("normalised", n1, lambda vv: (vv - 0.5) / 0.25, v1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -688,7 +698,7 @@ def test_normalisation_matches_manual(mean, std):
     s = torch.tensor(std).view(1, -1, 1, 1)
     for r, n in zip(raw, norm):
         assert r.min() >= 0 and r.max() <= 1
-        assert maxdiff(n, (r - m) / s) <= 1e-6
+        assert_like_torchvision("normalised", n, lambda rr: (rr - m.to(rr.dtype)) / s.to(rr.dtype), r)
 
 
 # --------------------------------------------------------------------------- 6. errors
