@@ -1,21 +1,31 @@
-"""Schedules against the closed forms of the official BYOL code (utils/schedules.py)."""
+"""Schedules against the closed forms of the official BYOL code (utils/schedules.py).
+
+Both sides evaluate the closed form in float64, a handful of roundings apart: the floor is one
+float64 ulp of the value's scale (1 for tau, lr for the learning rate), the tolerance K = 10
+times it. Measured: equal (0 ulps) over 200,000 random cases of each. Mutation checked by hand
+(fails): the step read as k + 1 (the schedules one step off).
+"""
 
 import math
 
 import pytest
+import torch
 from hypothesis import given, strategies as st
 
 import byol_rs
+from floors import K, eps
+
+EPS64 = eps(torch.float64)
 
 
 @given(k=st.integers(0, 2000), total=st.integers(1, 1000), base=st.floats(0, 1))
 def test_cosine_tau_closed_form(k, total, base):
     want = 1 - (1 - base) * (math.cos(math.pi * min(k, total) / total) + 1) / 2
-    assert byol_rs.cosine_tau(k, total, base=base) == pytest.approx(want, abs=1e-12)
+    assert byol_rs.cosine_tau(k, total, base=base) == pytest.approx(want, rel=0, abs=K * EPS64)
 
 
 def test_cosine_tau_end_points():
-    assert byol_rs.cosine_tau(0, 100) == pytest.approx(0.996)
+    assert byol_rs.cosine_tau(0, 100) == pytest.approx(0.996, rel=0, abs=K * EPS64)
     assert byol_rs.cosine_tau(100, 100) == 1.0
 
 
@@ -28,7 +38,7 @@ def test_warmup_cosine_closed_form(k, total, warm, lr):
         want = 0.0
     else:
         want = lr * 0.5 * (1 + math.cos(math.pi * min(k - warm, total - warm) / (total - warm)))
-    assert byol_rs.warmup_cosine_lr(k, total, warm, lr) == pytest.approx(want, abs=1e-12)
+    assert byol_rs.warmup_cosine_lr(k, total, warm, lr) == pytest.approx(want, rel=0, abs=K * EPS64 * lr)
 
 
 @pytest.mark.parametrize(
