@@ -5,11 +5,11 @@ kNN, linear probe) runs in Rust; this module only orchestrates."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,14 +18,18 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from . import data as datasets
+from . import run_files
 from .augment import Augment
 from .eval import LinearProbe, effective_rank, embed_all, knn_accuracy, z_std
 from .learner import BYOL
+from .progress import progress
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "trainer_state.json"
 # The progress bar shows the loss every this many steps (reading it waits for a GPU).
 POSTFIX_EVERY = 25
+# New rows go to metrics.csv this often, and at each checkpoint.
+ROWS_EVERY_SECONDS = 5.0
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
 
 
@@ -154,14 +158,18 @@ class Trainer:
         if cfg.batch_size > n:
             raise TrainError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
         self.steps_per_epoch = n // cfg.batch_size
-        self.rows: List[Dict[str, Any]] = []
+        self.log = run_files.MetricsLog(self.out / "metrics.csv")
         self._unread: List[Tuple[Dict[str, Any], Any]] = []
+        self._committed: Optional[Dict[str, Any]] = None  # the state entry of the checkpoint on disk
+        self._perm: Tuple[int, Optional[torch.Tensor]] = (-1, None)  # the current epoch's order
         self.elapsed = 0.0
         if resume:
             self._resume()
         else:
             self.total_steps = self._plan_steps()
             self.learner = _learner(cfg, self.data, self.total_steps, self.steps_per_epoch)
+            if self.rank == 0:
+                self.log.reset()
 
     def _prepare_out(self, resume: bool, force: bool) -> None:
         try:
@@ -213,10 +221,10 @@ class Trainer:
 
     def _resume(self) -> None:
         try:
-            state = json.loads((self.out / STATE).read_text())
-        except (OSError, ValueError) as e:
+            saved_cfg = json.loads((self.out / STATE).read_text())
+            saved_cfg = (saved_cfg.get("current") or saved_cfg)["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
-        saved_cfg = state["config"]
         mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes", "device")}
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
@@ -225,34 +233,54 @@ class Trainer:
                 for k in sorted(k for k in mine if mine[k] != theirs.get(k))]
         if diff:
             raise TrainError(f"--resume: the checkpoint in {self.out} was made with a different config ({'; '.join(diff)})")
-        self.total_steps = state["total_steps"]
-        self.elapsed = state["elapsed"]
-        self.rows = state["rows"]
+        for stale in self.out.glob(CHECKPOINT.rsplit(".", 1)[0] + ".tmp-*"):  # a write a kill cut short
+            stale.unlink(missing_ok=True)
         self.learner = BYOL.load(self.out / CHECKPOINT, device=self.cfg.device)
+        try:
+            entry = run_files.read_state(self.out / STATE, self.learner.step_count)
+            if self.rank == 0:
+                if entry["csv_bytes"] is None:  # an older run: its rows were in the state file
+                    self.log.reset()
+                    self.log.append(entry.get("rows", []))
+                else:
+                    self.log.truncate(entry["csv_bytes"])
+        except (OSError, ValueError, KeyError) as e:
+            raise TrainError(f"--resume: {self.out} is inconsistent ({e})") from None
+        self.total_steps = entry["total_steps"]
+        self.elapsed = entry["elapsed"]
+        self._committed = {k: v for k, v in entry.items() if k != "rows"}
 
-    def _read_rows(self) -> None:
-        """Moves the steps' rows into `rows`, reading their loss and z_std."""
+    @property
+    def rows(self) -> List[Dict[str, Any]]:
+        """Every step's row so far (rank 0), read back from ``metrics.csv``."""
+        self._write_rows()
+        return self.log.read()
+
+    def _write_rows(self, sync: bool = False) -> None:
+        """Appends the steps' rows to metrics.csv, reading their loss and z_std (a wait on CUDA)."""
         for row, m in self._unread:
             row.update(loss=m["loss"], z_std=m["z_std"])
-            self.rows.append(row)
+        if self.rank == 0:
+            self.log.append((row for row, _ in self._unread), sync=sync)
         self._unread.clear()
 
     def _save(self) -> None:
-        self._read_rows()
+        self._write_rows(sync=True)
+        if self.rank == 0:  # the state goes first: see run_files
+            entry = {"step": self.learner.step_count, "config": asdict(self.cfg), "total_steps": self.total_steps,
+                     "elapsed": self.elapsed, "csv_bytes": self.log.size()}
+            run_files.write_state(self.out / STATE, entry, self._committed)
+            self._committed = entry
         self.learner.save(self.out / CHECKPOINT)  # rank 0 only writes
-        if self.rank != 0:
-            return
-        state = {"config": asdict(self.cfg), "total_steps": self.total_steps, "elapsed": self.elapsed, "rows": self.rows}
-        tmp = self.out / (STATE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.out / STATE)
 
     def _batch_indices(self, step: int) -> torch.Tensor:
         """The batch for optimizer step ``step``: epoch-wise permutations derived from the
         seed, so a resumed run sees exactly the batches the uninterrupted run would."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.data.train_images), generator=g)
+        if self._perm[0] != epoch:  # one permutation an epoch, not one a step
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.data.train_images), generator=g))
+        perm = self._perm[1]
         batch = perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
         per_rank = self.cfg.batch_size // self.world
         return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
@@ -269,18 +297,17 @@ class Trainer:
 
     def train(self) -> Dict[str, Any]:
         """Runs to the end of the budget; Ctrl-C saves a checkpoint and raises KeyboardInterrupt."""
-        from tqdm.auto import tqdm
-
         cfg, learner = self.cfg, self.learner
         start_step = learner.step_count
-        bar = tqdm(total=self.total_steps, initial=start_step, disable=not cfg.progress or self.rank != 0,
-                   unit="step", dynamic_ncols=True)
+        bar = progress(self.total_steps, start_step, enabled=cfg.progress and self.rank == 0)
+        last_rows = time.perf_counter()
         last_eval = last_ckpt = time.perf_counter()
         t_prev = time.perf_counter()
         replan_at = self._replan_step(start_step)
         stepping = 0.0  # step time since the last re-plan
         eval_seconds = 0.0  # kNN checks in this call
         step = window_start = start_step
+        stop = self._interrupts_at_step_boundaries()
         try:
             while step < self.total_steps:
                 m = learner.step(self.data.train_images[self._batch_indices(step)])
@@ -290,15 +317,16 @@ class Trainer:
                 stepping += step_seconds
                 t_prev = now
                 step += 1
+                # loss and z_std are read later (_write_rows): on CUDA each read waits for the GPU.
+                row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
+                       "seconds": round(self.elapsed, 2), "loss": None, "lr": m["lr"],
+                       "tau": m["tau"], "z_std": None, "knn": ""}
+                self._unread.append((row, m))
                 if step == replan_at:
                     self._replan(step, stepping / (step - window_start), eval_seconds)
                     replan_at = self._next_replan_step(step)
                     stepping, window_start = 0.0, step
                     bar.total = self.total_steps
-                # loss and z_std are read later (_read_rows): on CUDA each read waits for the GPU.
-                row = {"step": m["step"], "epoch": round(m["step"] / self.steps_per_epoch, 4),
-                       "seconds": round(self.elapsed, 2), "loss": None, "lr": m["lr"],
-                       "tau": m["tau"], "z_std": None, "knn": ""}
                 eval_due, ckpt_due = self._due(
                     cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60,
                     now - last_ckpt >= cfg.checkpoint_every_minutes * 60)
@@ -310,21 +338,30 @@ class Trainer:
                         bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
                     eval_seconds += time.perf_counter() - now
                     last_eval = t_prev = time.perf_counter()
-                self._unread.append((row, m))
+                if now - last_rows >= ROWS_EVERY_SECONDS:
+                    self._write_rows()
+                    last_rows = now
                 if ckpt_due:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
-                if step % POSTFIX_EVERY == 0 or step == self.total_steps:
+                if step % POSTFIX_EVERY == 0 or step in (start_step + 1, self.total_steps):
                     bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
                                     lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
                 bar.update(1)
+                if stop.requested:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
             self._save()
             raise
+        finally:
+            stop.restore()
         bar.close()
         self._save()
         return {"steps": learner.step_count, "seconds": self.elapsed}
+
+    def _interrupts_at_step_boundaries(self) -> "_DeferredInterrupt":
+        return _DeferredInterrupt()
 
     def _replan_step(self, start_step: int) -> Optional[int]:
         """When a time-budgeted single-process run re-plans its length: after 15 % of the
@@ -378,12 +415,9 @@ class Trainer:
             "gain": {k: trained[k] - baseline[k] for k in ("knn", "linear")},
             "world_size": self.world, "config": asdict(cfg), "learner_config": self.learner.config,
         }
-        with open(self.out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["step"])
-            w.writeheader()
-            w.writerows(self.rows)
+        rows = self.rows
         (self.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        plot_curves(self.rows, report, self.out / "curves.png")
+        plot_curves(rows, report, self.out / "curves.png")
         return report
 
 
@@ -415,6 +449,31 @@ def plot_curves(rows: List[Dict[str, Any]], report: Dict[str, Any], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class _DeferredInterrupt:
+    """While a run trains, Ctrl-C and SIGTERM stop it at the end of the current step, so that a
+    checkpoint never holds a step whose row was lost on the way back from the engine; a second
+    Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def install_sigterm_as_interrupt() -> None:
