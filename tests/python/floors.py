@@ -10,9 +10,9 @@ and rounds otherwise, on another CPU):
   correctly rounded length-``n`` sum (``n = 1``: one ulp, the rounding of the result itself), so
   that a reference that happens to round luckily does not make the bound 0.
 
-``K = 10`` unless a test states otherwise: the engine's measured errors are at most a third of
-the floor in every test that uses it (each states its measurement), and each test still fails on
-the mutation it guards against (checked by hand; stated in its docstring).
+``K = 10``: each test states the engine's measured error in units of its floor (at most 2.7 of
+it on the development machine, mostly about 1), and that it still fails on the mutations it
+guards against (checked by hand once; stated in its docstring).
 """
 
 from __future__ import annotations
