@@ -10,8 +10,8 @@ and rounds otherwise, on another CPU):
   correctly rounded length-``n`` sum (``n = 1``: one ulp, the rounding of the result itself), so
   that a reference that happens to round luckily does not make the bound 0.
 
-``K = 10``: each test states the engine's measured error in units of its floor (at most 2.7 of
-it on the development machine, mostly about 1), and that it still fails on the mutations it
+``K = 10``: each test states the engine's measured error in units of its floor (at most 2 of it
+on the development machine, mostly about 1), and that it still fails on the mutations it
 guards against (checked by hand once; stated in its docstring).
 """
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from floors import K, eps
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -22,4 +24,9 @@ def test_quickstart_notebook_executes(monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "kNN accuracy" in outputs and "All keys matched successfully" in outputs
     diff = float(outputs.split("max difference to the engine's features:")[1].split()[0])
-    assert diff < 1e-4  # the exported torchvision model computes the same features (fp32)
+    # The exported torchvision model computes the same features (fp32). The floor, measured once
+    # (the notebook prints only the difference): torchvision's own fp32 error on this export,
+    # at most 3 fp32 ulps of the largest feature (test_learner.py's export test measures it at
+    # test time: 0.8-2.9), taken at a scale of 2; K = 10 times it. Measured: 1.2e-7, one ulp of a
+    # feature in [1, 2).
+    assert diff <= K * 3 * 2 * eps()
