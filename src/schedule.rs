@@ -122,7 +122,7 @@ impl Replan {
 
 /// `warmup_cosine_lr` after re-plans (`plan`); identical to it, bit for bit, without one.
 pub fn replanned_lr(plan: Option<&Replan>, step: i64, total: i64, warmup: i64, base_lr: f64, final_lr: f64) -> Result<f64> {
-    let plain = warmup_cosine_lr(step, total, warmup, base_lr, final_lr)?;
+    let plain = warmup_cosine_lr(step, total, warmup, base_lr, final_lr)?; // also checks the arguments
     match plan {
         Some(r) if step >= r.lr_from => {
             Ok(final_lr + (base_lr - final_lr) * cosine_at(Replan::lr_phase_at(plan, step, total, warmup)))
@@ -133,7 +133,7 @@ pub fn replanned_lr(plan: Option<&Replan>, step: i64, total: i64, warmup: i64, b
 
 /// `cosine_tau` after re-plans (`plan`); identical to it, bit for bit, without one.
 pub fn replanned_tau(plan: Option<&Replan>, step: i64, total: i64, base: f64, final_: f64) -> Result<f64> {
-    let plain = cosine_tau(step, total, base, final_)?;
+    let plain = cosine_tau(step, total, base, final_)?; // also checks the arguments
     match plan {
         Some(r) if step >= r.tau_from => Ok(final_ - (final_ - base) * cosine_at(Replan::tau_phase_at(plan, step, total))),
         _ => Ok(plain),

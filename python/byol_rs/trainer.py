@@ -307,7 +307,7 @@ class Trainer:
         stepping = 0.0  # step time since the last re-plan
         eval_seconds = 0.0  # kNN checks in this call
         step = window_start = start_step
-        stop = self._interrupts_at_step_boundaries()
+        stop = _DeferredInterrupt()
         try:
             while step < self.total_steps:
                 m = learner.step(self.data.train_images[self._batch_indices(step)])
@@ -359,9 +359,6 @@ class Trainer:
         bar.close()
         self._save()
         return {"steps": learner.step_count, "seconds": self.elapsed}
-
-    def _interrupts_at_step_boundaries(self) -> "_DeferredInterrupt":
-        return _DeferredInterrupt()
 
     def _replan_step(self, start_step: int) -> Optional[int]:
         """When a time-budgeted single-process run re-plans its length: after 15 % of the

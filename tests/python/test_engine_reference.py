@@ -108,6 +108,11 @@ def reference_state(ref):
     return {k: v.detach().double() for k, v in out.items()}
 
 
+def scales_of(want64):
+    """Each tensor's largest fp64 entry, at least MIN_SCALE: what its errors are relative to."""
+    return {k: max(v.abs().max().item(), MIN_SCALE) for k, v in want64.items()}
+
+
 def relative_errors(got, want, scales):
     return {k: (got[k] - want[k]).abs().max().item() / scales[k] for k in want}
 
@@ -115,7 +120,7 @@ def relative_errors(got, want, scales):
 def tolerances(ref, ref64):
     """Per tensor: FLOOR_MULTIPLE x max(its fp32-vs-fp64 floor, the median floor)."""
     want64 = reference_state(ref64)
-    scales = {k: max(v.abs().max().item(), MIN_SCALE) for k, v in want64.items()}
+    scales = scales_of(want64)
     floors = relative_errors(reference_state(ref), want64, scales)
     median = statistics.median(floors.values())
     return {k: FLOOR_MULTIPLE * max(f, median, FP32_EPS) for k, f in floors.items()}, scales
@@ -175,7 +180,7 @@ def errors_against_fp64(ours, ref, ref64):
     """Per tensor: the engine's and the fp32 reference's error against the fp64 reference,
     relative to the tensor's scale."""
     want64 = reference_state(ref64)
-    scales = {k: max(v.abs().max().item(), MIN_SCALE) for k, v in want64.items()}
+    scales = scales_of(want64)
     return relative_errors(engine_state(ours), want64, scales), relative_errors(reference_state(ref), want64, scales)
 
 
