@@ -261,22 +261,26 @@ impl LearnerConfig {
     }
 
     pub fn device(&self) -> Result<Device> {
-        let d = self.device.as_str();
-        if d == "cpu" {
-            return Ok(Device::Cpu);
-        }
-        let index = match d {
-            "cuda" => Some(0),
-            _ => d.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()),
-        };
-        let Some(index) = index else {
-            return Err(value_error("device", format!("expected 'cpu', 'cuda' or 'cuda:N', got {d:?}")));
-        };
-        if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
-            return Err(value_error("device", format!("{d:?} is not available on this machine")));
-        }
-        Ok(Device::Cuda(index))
+        parse_device(&self.device)
     }
+}
+
+/// `cpu`, `cuda` or `cuda:N`, checked to exist on this machine.
+pub fn parse_device(d: &str) -> Result<Device> {
+    if d == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let index = match d {
+        "cuda" => Some(0),
+        _ => d.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()),
+    };
+    let Some(index) = index else {
+        return Err(value_error("device", format!("expected 'cpu', 'cuda' or 'cuda:N', got {d:?}")));
+    };
+    if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+        return Err(value_error("device", format!("{d:?} is not available on this machine")));
+    }
+    Ok(Device::Cuda(index))
 }
 
 impl OptimConfig {

@@ -1,6 +1,6 @@
 //! The BYOL learner: online and target networks on flat buffers, and the training step
 //! (paper section 3.1, algorithm 1).
-use crate::augment::{Augment, Layout};
+use crate::augment::{Augment, Images, Layout};
 use crate::config::LearnerConfig;
 use crate::distributed::Dist;
 use crate::ema;
@@ -284,13 +284,13 @@ impl Learner {
 
     /// Augments `images` into two views with the learner's pipeline, then steps. On any
     /// error the pipeline's RNG is rewound too, so a failed call changes nothing.
-    pub fn step_images(&mut self, images: &Tensor, layout: Layout) -> Result<StepMetrics> {
+    pub fn step_images(&mut self, images: Images<'_>, layout: Layout) -> Result<StepMetrics> {
         self.settle(false)?;
         let Some(augment) = self.augment.as_mut() else {
             return Err(value_error("view2", "this learner has no augment pipeline: pass two views, or build it with augment=Augment(...)"));
         };
         let saved = augment.rng.clone();
-        let views = images.f_to_device(self.device).map_err(Into::into).and_then(|x| augment.views(&x, layout));
+        let views = augment.views(images, layout, self.device);
         let checked = views.and_then(|(v1, v2)| self.check_views(&v1, &v2).map(|_| (v1, v2)));
         let out = self.agree(checked).and_then(|(v1, v2)| self.step_checked_from(&v1, &v2, Some(saved.clone())));
         if out.is_err() {

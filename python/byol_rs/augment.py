@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -23,7 +23,21 @@ VIEW_FIELDS = {
     "hue": float, "grayscale_p": float, "blur_p": float, "blur_sigma": tuple,
     "solarize_p": float, "solarize_threshold": float,
 }
+#: A batch ``[N, C, H, W]`` (or NHWC), or a list of ``[C, H, W]`` (or HWC) images of any sizes.
+Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def checked_images(images: Any) -> "torch.Tensor | List[torch.Tensor]":
+    """A batch tensor as it is, or a list or tuple of tensors as a list; TypeError otherwise."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if not isinstance(images, (list, tuple)):
+        raise ByolTypeError(f"images: expected a torch.Tensor or a list of [C, H, W] tensors, got {type(images).__name__}")
+    for i, image in enumerate(images):
+        if not isinstance(image, torch.Tensor):
+            raise ByolTypeError(f"images[{i}]: expected a torch.Tensor, got {type(image).__name__}")
+    return list(images)
 
 
 def _number(arg: str, value: Any) -> float:
@@ -148,16 +162,26 @@ class Augment:
         self._engine, self.layout = engine, layout
         return self
 
-    def __call__(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of ``images``, each sample with its own parameters."""
-        if not isinstance(images, torch.Tensor):
-            raise ByolTypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
-        return self._engine(images, self.layout)
+    def __call__(self, images: "Images", device: "str | torch.device | None" = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of ``images``, each sample with its own parameters: a batch
+        tensor, or a list of ``[C, H, W]`` images of any sizes (as
+        :func:`byol_rs.data.collate_images` makes), whose crops are cut from each image at
+        its own resolution. On equal sizes a list gives the same views as its stacked batch.
 
-    def sample_params(self, n: int, height: int, width: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        The views are made on ``device`` (default: the images'). A batch is moved there first;
+        a list on the CPU is cropped on the CPU, and only the crops are moved."""
+        target = None if device is None else str(torch.device(device))
+        return self._engine(checked_images(images), self.layout, target)
+
+    def sample_params(self, n: Optional[int] = None, height: Optional[int] = None, width: Optional[int] = None, *,
+                      sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """Draws (and consumes) the per-sample parameters of both views, as ``[n, ...]`` tensors:
         crop boxes (top, left, height, width), flags, jitter order and factors
-        (brightness, contrast, saturation, hue; NaN where no jitter), blur sigma (NaN: none)."""
+        (brightness, contrast, saturation, hue; NaN where no jitter), blur sigma (NaN: none).
+        For ``n`` images of ``height`` x ``width``, or, with ``sizes``, for a list of images of
+        those ``(height, width)`` (what a call on such a list draws)."""
+        if sizes is not None:
+            return self._engine.sample_params(sizes=[(int(h), int(w)) for h, w in sizes])
         return self._engine.sample_params(n, height, width)
 
     @property

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from . import _core
-from .augment import Augment
+from .augment import Augment, Images, checked_images
 from .distributed import group_spec
 from .errors import ByolTypeError, ByolValueError
 from .metrics import StepMetrics
@@ -145,10 +145,12 @@ class BYOL:
         self._layout = "auto"
         return self
 
-    def step(self, view1: torch.Tensor, view2: Optional[torch.Tensor] = None) -> StepMetrics:
+    def step(self, view1: "Images", view2: Optional[torch.Tensor] = None) -> StepMetrics:
         """One BYOL step on two augmented views ``[N, C, H, W]`` (float, normalised), or,
-        with one argument, on a raw batch that the learner's ``augment`` pipeline turns into
-        two views (its RNG state is saved with the learner).
+        with one argument, on raw images that the learner's ``augment`` pipeline turns into
+        two views (its RNG state is saved with the learner): a batch tensor, or a list of
+        ``[C, H, W]`` images of any sizes, each cropped at its own resolution (on a CUDA
+        learner the crops are cut on the host and only they are uploaded).
 
         Online forward on each view separately, target forward under no_grad, the
         symmetrised loss, backward, the optimizer update and the EMA, all in Rust with the
@@ -163,7 +165,7 @@ class BYOL:
         ``save``, ``step_count``), with the learner put back to before the failing step.
         """
         if view2 is None:
-            return StepMetrics(self._engine.step_images(view1, self._layout))
+            return StepMetrics(self._engine.step_images(checked_images(view1), self._layout))
         return StepMetrics(self._engine.step(view1, view2))
 
     def sync(self) -> None:

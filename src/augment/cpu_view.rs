@@ -1,6 +1,6 @@
-//! Both views on the CPU, one sample at a time: every op of `apply_view` runs on one image in
-//! a buffer that stays in cache (600 KB at 224 px), reading the input batch (uint8 or float,
-//! NCHW or NHWC) where it lies. The batched ATen ops make about 100 passes over
+//! Both views on the CPU, one sample at a time: every op of `crop_on_device` and `finish_view`
+//! runs on one image in a buffer that stays in cache (600 KB at 224 px), reading the input
+//! images (a batch or a list of any sizes; uint8 or float, NCHW or NHWC) where they lie. The batched ATen ops make about 100 passes over
 //! 38 MB intermediates at 224 px, each freshly mapped and page-faulted; this makes one per op
 //! over L2-resident data, and spreads samples over threads as they finish.
 use super::config::ViewConfig;
@@ -12,36 +12,52 @@ use crate::error::Result;
 use crate::parallel::{parallel_items, Ptr};
 use tch::{Device, Kind, Tensor};
 
-/// The input batch, read in place: `[N, C, H, W]` indices through its strides.
-struct Source {
+/// One input image, read in place: `[C, H, W]` indices through its strides (in elements).
+#[derive(Clone, Copy)]
+struct ImageRef {
     data: *const u8,
     kind: Kind,
-    strides: [usize; 4],
+    strides: [usize; 3],
 }
-unsafe impl Send for Source {}
-unsafe impl Sync for Source {}
 
-impl Source {
-    /// `images`: NCHW-indexed (any strides, non-negative), uint8 or fp32, on the CPU.
-    fn new(images: &Tensor) -> Self {
-        let s = images.stride();
-        Self { data: images.data_ptr() as *const u8, kind: images.kind(), strides: [s[0], s[1], s[2], s[3]].map(|v| v as usize) }
+/// The input images, in order, wherever they lie: the rows of one batch tensor, or the images
+/// of a list, each at its own size. Borrows the tensors it points into.
+struct Source<'a> {
+    images: Vec<ImageRef>,
+    _parts: std::marker::PhantomData<&'a Tensor>,
+}
+unsafe impl Send for Source<'_> {}
+unsafe impl Sync for Source<'_> {}
+
+impl<'a> Source<'a> {
+    /// `parts`: NCHW-indexed batches (any strides, non-negative), uint8 or fp32, on the CPU.
+    fn new(parts: &'a [Tensor]) -> Self {
+        let mut images = Vec::new();
+        for part in parts {
+            let s: Vec<usize> = part.stride().iter().map(|&v| v as usize).collect();
+            let bytes = if part.kind() == Kind::Uint8 { 1 } else { 4 };
+            let base = part.data_ptr() as *const u8;
+            for n in 0..part.size()[0] as usize {
+                let data = base.wrapping_add(n * s[0] * bytes);
+                images.push(ImageRef { data, kind: part.kind(), strides: [s[1], s[2], s[3]] });
+            }
+        }
+        Self { images, _parts: std::marker::PhantomData }
     }
 
     /// Pixels `x0..x0 + out.len()` of row `y`, channel `c`, image `n`, as floats in [0, 1].
     #[inline(always)]
     fn read_row(&self, n: usize, c: usize, y: usize, x0: usize, out: &mut [f32]) {
-        let [sn, sc, sh, sw] = self.strides;
-        let base = n * sn + c * sc + y * sh + x0 * sw;
-        match self.kind {
+        let ImageRef { data, kind, strides: [sc, sh, sw] } = self.images[n];
+        let base = c * sc + y * sh + x0 * sw;
+        match kind {
             Kind::Uint8 => {
-                let p = self.data;
                 for (x, o) in out.iter_mut().enumerate() {
-                    *o = unsafe { *p.add(base + x * sw) } as f32 / 255.0;
+                    *o = unsafe { *data.add(base + x * sw) } as f32 / 255.0;
                 }
             }
             _ => {
-                let p = self.data as *const f32;
+                let p = data as *const f32;
                 for (x, o) in out.iter_mut().enumerate() {
                     *o = unsafe { *p.add(base + x * sw) };
                 }
@@ -63,6 +79,8 @@ pub struct Pipeline<'a> {
     /// Per channel, or empty for no normalisation.
     pub mean: &'a [f32],
     pub std: &'a [f32],
+    /// Stop after the resized crop (the rest runs on another device).
+    pub crop_only: bool,
 }
 
 /// Per-thread buffers, reused from sample to sample.
@@ -73,17 +91,17 @@ struct Scratch {
     row: Vec<f32>,
 }
 
-/// Two float32 NCHW views of `images` (NCHW-indexed, uint8 or fp32, on the CPU; checked by
-/// the caller), one per plan, samples spread over torch's threads.
-pub fn views_cpu(images: &Tensor, plans: [ViewPlan<'_>; 2], pipe: &Pipeline<'_>) -> Result<(Tensor, Tensor)> {
-    debug_assert!(images.device() == Device::Cpu && matches!(images.kind(), Kind::Uint8 | Kind::Float));
-    let [n, c, ..] = images.size()[..] else { unreachable!("checked 4-D") };
+/// Two float32 NCHW views of the images in `parts` (NCHW-indexed batches of any sizes with one
+/// channel count, uint8 or fp32, on the CPU; checked by the caller), one per plan, samples
+/// spread over torch's threads.
+pub fn views_cpu(parts: &[Tensor], plans: [ViewPlan<'_>; 2], pipe: &Pipeline<'_>) -> Result<(Tensor, Tensor)> {
+    debug_assert!(parts.iter().all(|p| p.device() == Device::Cpu && matches!(p.kind(), Kind::Uint8 | Kind::Float)));
+    let src = Source::new(parts);
+    let (n, c) = (src.images.len(), parts[0].size()[1] as usize);
     let (oh, ow) = (pipe.size.0 as usize, pipe.size.1 as usize);
-    let empty = || Tensor::f_empty([n, c, pipe.size.0, pipe.size.1], (Kind::Float, Device::Cpu));
+    let empty = || Tensor::f_empty([n as i64, c as i64, pipe.size.0, pipe.size.1], (Kind::Float, Device::Cpu));
     let (v1, v2) = (empty()?, empty()?);
     let dst = [Ptr(v1.data_ptr() as *mut f32), Ptr(v2.data_ptr() as *mut f32)];
-    let src = Source::new(images);
-    let (n, c) = (n as usize, c as usize);
     let sample_len = c * oh * ow;
     let isa = Isa::detect();
     parallel_items(2 * n, Scratch::default, |i, scratch| {
@@ -123,7 +141,7 @@ impl Isa {
 /// One sample of one view, by the widest vector unit the CPU has. Every version runs the same
 /// fp32 operations in the same order (Rust never contracts to FMA), so all give the same bits.
 #[allow(clippy::too_many_arguments)]
-fn augment_sample(isa: Isa, src: &Source, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
+fn augment_sample(isa: Isa, src: &Source<'_>, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
     match isa {
         // Safety: `Isa::detect` saw the features.
         #[cfg(target_arch = "x86_64")]
@@ -136,20 +154,20 @@ fn augment_sample(isa: Isa, src: &Source, img: usize, p: &SampleParams, cfg: &Vi
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
-unsafe fn augment_sample_avx512(src: &Source, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
+unsafe fn augment_sample_avx512(src: &Source<'_>, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
     augment_sample_inline(src, img, p, cfg, pipe, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn augment_sample_avx2(src: &Source, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
+unsafe fn augment_sample_avx2(src: &Source<'_>, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
     augment_sample_inline(src, img, p, cfg, pipe, out, scratch)
 }
 
-/// One sample of one view into `out` (`[C, out_h, out_w]`), in `apply_view`'s order. Inlined,
+/// One sample of one view into `out` (`[C, out_h, out_w]`), in `finish_view`'s order. Inlined,
 /// with everything it calls, into each vector-width version above.
 #[inline(always)]
-fn augment_sample_inline(src: &Source, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
+fn augment_sample_inline(src: &Source<'_>, img: usize, p: &SampleParams, cfg: &ViewConfig, pipe: &Pipeline<'_>, out: &mut [f32], scratch: &mut Scratch) {
     let (oh, ow) = (pipe.size.0 as usize, pipe.size.1 as usize);
     let plane = oh * ow;
     let c = out.len() / plane;
@@ -161,6 +179,9 @@ fn augment_sample_inline(src: &Source, img: usize, p: &SampleParams, cfg: &ViewC
     }
     if bicubic {
         clamp_unit(out); // bicubic overshoots; PIL's uint8 pipeline clamps too
+    }
+    if pipe.crop_only {
+        return;
     }
     if p.flip {
         out.chunks_exact_mut(ow).for_each(|row| row.reverse());
@@ -304,13 +325,13 @@ mod tests {
     /// The three compiled versions give the same bits on every stage of both paper views.
     #[test]
     fn every_vector_width_gives_the_same_bits() {
-        let images = Tensor::randint(256, [6, 3, 40, 36], (Kind::Uint8, Device::Cpu));
+        let images = [Tensor::randint(256, [6, 3, 40, 36], (Kind::Uint8, Device::Cpu))];
         let src = Source::new(&images);
         let mut rng = Rng::new(7);
         let view1 = ViewConfig { jitter_p: 1.0, grayscale_p: 0.3, ..ViewConfig::default() };
         let view2 = ViewConfig { solarize_p: 0.5, blur_p: 0.5, ..ViewConfig::byol_view2() };
         let (mean, std) = ([0.4f32, 0.5, 0.6], [0.2f32, 0.25, 0.3]);
-        let pipe = Pipeline { size: (24, 20), blur_kernel: 5, mean: &mean, std: &std };
+        let pipe = Pipeline { size: (24, 20), blur_kernel: 5, mean: &mean, std: &std, crop_only: false };
         let mut isas = vec![Isa::Baseline];
         #[cfg(target_arch = "x86_64")]
         {
@@ -322,7 +343,7 @@ mod tests {
             }
         }
         for cfg in [&view1, &view2] {
-            let params = sample_view(cfg, &mut rng, 6, 40, 36);
+            let params = sample_view(cfg, &mut rng, &[(40, 36); 6]);
             for (img, p) in params.iter().enumerate() {
                 let run = |isa| {
                     let mut out = vec![0.0f32; 3 * 24 * 20];

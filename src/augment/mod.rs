@@ -38,12 +38,19 @@ pub struct Augment {
     pub rng: Rng,
 }
 
+/// The images to augment: one batch tensor `[N, C, H, W]` (or NHWC), or a list of images
+/// `[C, H, W]` (or HWC) of any sizes, one channel count and one device.
+pub enum Images<'a> {
+    Batch(&'a Tensor),
+    List(&'a [Tensor]),
+}
+
 /// The batch indexed NCHW (NHWC is permuted, not copied), as uint8 0-255 or float32 in [0, 1],
-/// after the shape, dtype and (with `check`) range checks.
-fn unit_source(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
+/// after the shape, dtype and (with `check`) range checks; `arg` names it in errors.
+fn unit_source(images: &Tensor, layout: Layout, check: bool, arg: &str) -> Result<Tensor> {
     let size = images.size();
     if size.len() != 4 {
-        return Err(value_error("images", format!("expected a 4-D batch [N, C, H, W] or [N, H, W, C], got shape {size:?}")));
+        return Err(value_error(arg, format!("expected a 4-D batch [N, C, H, W] or [N, H, W, C], got shape {size:?}")));
     }
     let channels_ok = |c: i64| c == 1 || c == 3;
     let nhwc = match layout {
@@ -53,10 +60,10 @@ fn unit_source(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
     };
     let c = if nhwc { size[3] } else { size[1] };
     if !channels_ok(c) {
-        return Err(value_error("images", format!("expected 1 or 3 channels (dim 1 for NCHW or dim 3 for NHWC), got shape {size:?}")));
+        return Err(value_error(arg, format!("expected 1 or 3 channels (dim 1 for NCHW or dim 3 for NHWC), got shape {size:?}")));
     }
     if size.iter().any(|&d| d < 1) {
-        return Err(value_error("images", format!("expected a non-empty batch, got shape {size:?}")));
+        return Err(value_error(arg, format!("expected a non-empty batch, got shape {size:?}")));
     }
     let x = if nhwc { images.f_permute([0, 3, 1, 2])? } else { images.shallow_clone() };
     match x.kind() {
@@ -66,18 +73,44 @@ fn unit_source(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
             if check {
                 let (lo, hi) = (x.f_min()?.double_value(&[]), x.f_max()?.double_value(&[]));
                 if !(lo >= 0.0 && hi <= 1.0) {
-                    return Err(value_error("images", format!("float images must lie in [0, 1] (got min {lo}, max {hi}); pass uint8 0-255 or scale first, or check=False")));
+                    return Err(value_error(arg, format!("float images must lie in [0, 1] (got min {lo}, max {hi}); pass uint8 0-255 or scale first, or check=False")));
                 }
             }
             Ok(x)
         }
-        k => Err(value_error("images", format!("expected uint8 (0-255) or float (0-1) images, got {k:?}"))),
+        k => Err(value_error(arg, format!("expected uint8 (0-255) or float (0-1) images, got {k:?}"))),
     }
+}
+
+/// Each image of a list as a one-image batch from `unit_source`, all with one channel count
+/// and on one device.
+fn list_source(images: &[Tensor], layout: Layout, check: bool) -> Result<Vec<Tensor>> {
+    if images.is_empty() {
+        return Err(value_error("images", "expected at least one image, got an empty list"));
+    }
+    let mut parts: Vec<Tensor> = Vec::with_capacity(images.len());
+    for (i, image) in images.iter().enumerate() {
+        let arg = format!("images[{i}]");
+        if image.dim() != 3 {
+            return Err(value_error(&arg, format!("expected a 3-D image [C, H, W] or [H, W, C], got shape {:?}", image.size())));
+        }
+        let part = unit_source(&image.f_unsqueeze(0)?, layout, check, &arg)?;
+        if let Some(first) = parts.first() {
+            if part.size()[1] != first.size()[1] {
+                return Err(value_error(&arg, format!("has {} channel(s) but images[0] has {}", part.size()[1], first.size()[1])));
+            }
+            if part.device() != first.device() {
+                return Err(value_error(&arg, format!("is on {:?} but images[0] is on {:?}", part.device(), first.device())));
+            }
+        }
+        parts.push(part);
+    }
+    Ok(parts)
 }
 
 /// Contiguous float NCHW in [0, 1]: uint8 is divided by 255; NHWC is permuted.
 pub fn to_unit_nchw(images: &Tensor, layout: Layout, check: bool) -> Result<Tensor> {
-    let x = unit_source(images, layout, check)?;
+    let x = unit_source(images, layout, check, "images")?;
     let x = if x.kind() == Kind::Uint8 { x.f_to_kind(Kind::Float)?.f_div_scalar(255.0)? } else { x };
     Ok(x.f_contiguous()?)
 }
@@ -107,17 +140,29 @@ fn rows_where(ps: &[SampleParams], pred: impl Fn(&SampleParams) -> bool) -> Vec<
     ps.iter().enumerate().filter(|(_, p)| pred(p)).map(|(i, _)| i as i64).collect()
 }
 
-/// One view of the batch `x` (float NCHW in [0, 1]) with the given per-sample parameters, as
-/// batched ATen ops: the path for CUDA and other devices (the CPU runs `cpu_view`, the same
-/// steps sample by sample).
-pub fn apply_view(x: &Tensor, ps: &[SampleParams], cfg: &ViewConfig, size: (i64, i64), blur_kernel: i64) -> Result<Tensor> {
-    let device = x.device();
-    let boxes: Vec<_> = ps.iter().map(|p| p.crop).collect();
+/// The view's resized crops of the images in `parts` (NCHW-indexed batches, each moved to
+/// `device`), one batch of `size` on `device`.
+fn crop_on_device(parts: &[Tensor], ps: &[SampleParams], cfg: &ViewConfig, size: (i64, i64), device: Device) -> Result<Tensor> {
     let bicubic = cfg.interpolation == "bicubic";
-    let mut y = ops::resized_crop(x, &boxes, size, bicubic)?;
-    if bicubic {
-        y = y.f_clamp(0.0, 1.0)?; // bicubic overshoots; PIL's uint8 pipeline clamps too
+    let mut crops = Vec::with_capacity(parts.len());
+    let mut first = 0;
+    for part in parts {
+        let x = to_unit_nchw(&part.f_to_device(device)?, Layout::Nchw, false)?;
+        let n = x.size()[0] as usize;
+        let boxes: Vec<_> = ps[first..first + n].iter().map(|p| p.crop).collect();
+        crops.push(ops::resized_crop(&x, &boxes, size, bicubic)?);
+        first += n;
     }
+    let y = if crops.len() == 1 { crops.pop().expect("one crop") } else { Tensor::f_cat(&crops, 0)? };
+    // bicubic overshoots; PIL's uint8 pipeline clamps too
+    Ok(if bicubic { y.f_clamp(0.0, 1.0)? } else { y })
+}
+
+/// Everything of a view after its resized crop `y` (float NCHW in [0, 1]), as batched ATen ops
+/// on `y`'s device: the path for CUDA and other devices (the CPU runs `cpu_view`, the same
+/// steps sample by sample).
+fn finish_view(mut y: Tensor, ps: &[SampleParams], cfg: &ViewConfig, blur_kernel: i64) -> Result<Tensor> {
+    let device = y.device();
     on_rows(&mut y, &rows_where(ps, |p| p.flip), ops::hflip)?;
     // ColorJitter: at position k each selected sample applies the op its permutation puts there.
     for k in 0..4 {
@@ -150,44 +195,57 @@ impl Augment {
         Ok(Self { config, rng })
     }
 
-    /// Draws both views' parameters for a batch of `n` images of `height` x `width`.
-    pub fn sample(&mut self, n: i64, height: i64, width: i64) -> (Vec<SampleParams>, Vec<SampleParams>) {
-        let p1 = sample_view(&self.config.view1, &mut self.rng, n, height, width);
-        let p2 = sample_view(&self.config.view2, &mut self.rng, n, height, width);
+    /// Draws both views' parameters, sample i's crops inside `sizes[i]`: all of view 1's
+    /// samples, then all of view 2's, so equal sizes draw as `sample` does.
+    pub fn sample_sizes(&mut self, sizes: &[(i64, i64)]) -> (Vec<SampleParams>, Vec<SampleParams>) {
+        let p1 = sample_view(&self.config.view1, &mut self.rng, sizes);
+        let p2 = sample_view(&self.config.view2, &mut self.rng, sizes);
         (p1, p2)
     }
 
-    /// Two augmented views of `images`, each sample with its own parameters.
-    pub fn views(&mut self, images: &Tensor, layout: Layout) -> Result<(Tensor, Tensor)> {
-        let src = unit_source(images, layout, self.config.check)?;
-        let [n, channels, h, w] = src.size()[..] else { unreachable!("checked 4-D") };
-        let (mean, std) = self.normalisation(channels)?;
+    /// Two augmented views of `images` on `device`, each sample with its own parameters and
+    /// its crop cut from its own image at full resolution. A batch is moved to `device` first;
+    /// a list on the CPU is cropped there and only the crops are moved.
+    pub fn views(&mut self, images: Images<'_>, layout: Layout, device: Device) -> Result<(Tensor, Tensor)> {
+        let check = self.config.check;
+        let parts = match images {
+            Images::Batch(x) => vec![unit_source(&x.f_to_device(device)?, layout, check, "images")?],
+            Images::List(list) => list_source(list, layout, check)?,
+        };
+        let sizes: Vec<(i64, i64)> = parts.iter().flat_map(|p| vec![(p.size()[2], p.size()[3]); p.size()[0] as usize]).collect();
+        let (mean, std) = self.normalisation(parts[0].size()[1])?;
         // Draw on a copy so that a failure below leaves the RNG where it was.
         let saved = self.rng.clone();
-        let (p1, p2) = self.sample(n, h, w);
-        let (size, kernel, kind) = (self.config.size, self.config.blur_kernel_size(), self.output_kind());
+        let (p1, p2) = self.sample_sizes(&sizes);
+        let (size, blur_kernel, kind) = (self.config.size, self.config.blur_kernel_size(), self.output_kind());
         let (cfg1, cfg2) = (&self.config.view1, &self.config.view2);
         let out = (|| {
-            let (v1, v2) = if src.device() == Device::Cpu {
-                let plans = [cpu_view::ViewPlan { params: &p1, cfg: cfg1 }, cpu_view::ViewPlan { params: &p2, cfg: cfg2 }];
-                cpu_view::views_cpu(&src, plans, &cpu_view::Pipeline { size, blur_kernel: kernel, mean: &mean, std: &std })?
+            let plans = [cpu_view::ViewPlan { params: &p1, cfg: cfg1 }, cpu_view::ViewPlan { params: &p2, cfg: cfg2 }];
+            let on_host = parts.iter().all(|p| p.device() == Device::Cpu);
+            let pipe = |crop_only| cpu_view::Pipeline { size, blur_kernel, mean: &mean, std: &std, crop_only };
+            let (v1, v2) = if on_host && device == Device::Cpu {
+                cpu_view::views_cpu(&parts, plans, &pipe(false))?
             } else {
-                let x = to_unit_nchw(&src, Layout::Nchw, false)?;
-                let device = x.device();
+                let (c1, c2) = if on_host {
+                    let (c1, c2) = cpu_view::views_cpu(&parts, plans, &pipe(true))?;
+                    (crate::shim::upload(&c1, device)?, crate::shim::upload(&c2, device)?)
+                } else {
+                    (crop_on_device(&parts, &p1, cfg1, size, device)?, crop_on_device(&parts, &p2, cfg2, size, device)?)
+                };
                 let stats = if mean.is_empty() {
                     None
                 } else {
                     let t = |v: &[f32]| -> Result<Tensor> { Ok(factors(v.iter().map(|&x| x as f64), device)?.f_view([1, -1, 1, 1])?) };
                     Some((t(&mean)?, t(&std)?))
                 };
-                let view = |ps: &[SampleParams], cfg: &ViewConfig| -> Result<Tensor> {
-                    let v = apply_view(&x, ps, cfg, size, kernel)?;
+                let view = |crops: Tensor, ps: &[SampleParams], cfg: &ViewConfig| -> Result<Tensor> {
+                    let v = finish_view(crops, ps, cfg, blur_kernel)?;
                     Ok(match &stats {
                         Some((m, s)) => v.f_sub(m)?.f_div(s)?,
                         None => v,
                     })
                 };
-                (view(&p1, cfg1)?, view(&p2, cfg2)?)
+                (view(c1, &p1, cfg1)?, view(c2, &p2, cfg2)?)
             };
             Ok((v1.f_to_kind(kind)?, v2.f_to_kind(kind)?))
         })();

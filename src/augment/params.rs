@@ -68,11 +68,13 @@ fn factor(rng: &mut Rng, strength: f64) -> f64 {
     rng.uniform((1.0 - strength).max(0.0), 1.0 + strength)
 }
 
-/// Every sample's parameters for one view. Each sample draws the same number of values
-/// whatever it ends up applying, so one sample's draws never shift another's.
-pub fn sample_view(cfg: &ViewConfig, rng: &mut Rng, batch: i64, height: i64, width: i64) -> Vec<SampleParams> {
-    (0..batch)
-        .map(|_| {
+/// Every sample's parameters for one view, sample i's crop drawn inside `sizes[i]`
+/// (height, width). Each sample draws the same number of values whatever it ends up applying,
+/// so one sample's draws never shift another's.
+pub fn sample_view(cfg: &ViewConfig, rng: &mut Rng, sizes: &[(i64, i64)]) -> Vec<SampleParams> {
+    sizes
+        .iter()
+        .map(|&(height, width)| {
             let crop = sample_crop(rng, height, width, cfg.crop_scale, cfg.crop_ratio);
             let flip = rng.bernoulli(cfg.flip_p);
             let apply_jitter = rng.bernoulli(cfg.jitter_p);

@@ -2,13 +2,52 @@
 use super::errors::run;
 use crate::augment::config::AugmentConfig;
 use crate::augment::params::{CropBox, SampleParams};
-use crate::augment::{ops, to_unit_nchw, Augment, Layout};
+use crate::augment::{ops, to_unit_nchw, Augment, Images, Layout};
 use crate::error::{value_error, Result};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 use std::sync::Mutex;
 use tch::{Kind, Tensor};
+
+/// A batch tensor or a list of images, as Python passes them.
+#[derive(FromPyObject)]
+pub enum ImagesArg {
+    Batch(PyTensor),
+    List(Vec<PyTensor>),
+}
+
+/// `ImagesArg`'s tensors, owned, to move into a call that releases the GIL.
+pub enum OwnedImages {
+    Batch(Tensor),
+    List(Vec<Tensor>),
+}
+
+impl From<ImagesArg> for OwnedImages {
+    fn from(arg: ImagesArg) -> Self {
+        match arg {
+            ImagesArg::Batch(t) => Self::Batch(t.0),
+            ImagesArg::List(v) => Self::List(v.into_iter().map(|t| t.0).collect()),
+        }
+    }
+}
+
+impl OwnedImages {
+    pub fn images(&self) -> Images<'_> {
+        match self {
+            Self::Batch(t) => Images::Batch(t),
+            Self::List(v) => Images::List(v),
+        }
+    }
+
+    /// Where the views go when the caller names no device: where the images are.
+    fn device(&self) -> tch::Device {
+        match self {
+            Self::Batch(t) => t.device(),
+            Self::List(v) => v.first().map_or(tch::Device::Cpu, |t| t.device()),
+        }
+    }
+}
 
 #[pyclass(name = "Augment", module = "byol_rs._core")]
 pub struct PyAugment(Mutex<Augment>);
@@ -46,20 +85,34 @@ impl PyAugment {
         Ok(Self(Mutex::new(aug)))
     }
 
-    /// Two augmented views of a batch.
-    #[pyo3(signature = (images, layout="auto"))]
-    fn __call__(&self, py: Python<'_>, images: PyTensor, layout: &str) -> PyResult<(PyTensor, PyTensor)> {
-        let (images, layout) = (images.0, layout.to_string());
-        let (a, b) = run(py, move || self.with(|aug| aug.views(&images, Layout::parse(&layout)?)))?;
+    /// Two augmented views of a batch or of a list of images, on `device` (default: the images').
+    #[pyo3(signature = (images, layout="auto", device=None))]
+    fn __call__(&self, py: Python<'_>, images: ImagesArg, layout: &str, device: Option<String>) -> PyResult<(PyTensor, PyTensor)> {
+        let (images, layout) = (OwnedImages::from(images), layout.to_string());
+        let (a, b) = run(py, move || {
+            let device = device.as_deref().map_or(Ok(images.device()), crate::config::parse_device)?;
+            self.with(|aug| aug.views(images.images(), Layout::parse(&layout)?, device))
+        })?;
         Ok((PyTensor(a), PyTensor(b)))
     }
 
-    /// Draws (and consumes) both views' parameters for `n` images of `height` x `width`.
-    fn sample_params<'py>(&self, py: Python<'py>, n: i64, height: i64, width: i64) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-        if n < 1 || height < 1 || width < 1 {
-            return Err(super::errors::to_py(value_error("n", "n, height and width must be positive")));
-        }
-        let (p1, p2) = self.with(|aug| aug.sample(n, height, width));
+    /// Draws (and consumes) both views' parameters for `n` images of `height` x `width`, or,
+    /// with `sizes`, for one image of each `(height, width)` in turn.
+    #[pyo3(signature = (n=None, height=None, width=None, sizes=None))]
+    fn sample_params<'py>(
+        &self,
+        py: Python<'py>,
+        n: Option<i64>,
+        height: Option<i64>,
+        width: Option<i64>,
+        sizes: Option<Vec<(i64, i64)>>,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let sizes = match (n, height, width, sizes) {
+            (Some(n), Some(h), Some(w), None) if n >= 1 && h >= 1 && w >= 1 => vec![(h, w); n as usize],
+            (None, None, None, Some(sizes)) if !sizes.is_empty() && sizes.iter().all(|&(h, w)| h >= 1 && w >= 1) => sizes,
+            _ => return Err(super::errors::to_py(value_error("n", "give n, height and width, all positive, or sizes, a non-empty list of positive (height, width)"))),
+        };
+        let (p1, p2) = self.with(|aug| aug.sample_sizes(&sizes));
         Ok((params_dict(py, &p1)?, params_dict(py, &p2)?))
     }
 

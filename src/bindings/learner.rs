@@ -1,4 +1,5 @@
 //! `byol_rs._core.Learner`: one engine `train::Learner` behind a mutex (tch tensors are not Sync).
+use super::augment::{ImagesArg, OwnedImages};
 use super::errors::run;
 use crate::checkpoint;
 use crate::config::LearnerConfig;
@@ -109,11 +110,12 @@ impl PyLearner {
         metrics_dict(py, m)
     }
 
-    /// Augments `images` with the learner's pipeline, then steps.
+    /// Augments `images` (a batch, or a list of images of any sizes) with the learner's
+    /// pipeline, then steps.
     #[pyo3(signature = (images, layout="auto"))]
-    fn step_images<'py>(&self, py: Python<'py>, images: PyTensor, layout: &str) -> PyResult<Bound<'py, PyDict>> {
-        let (images, layout) = (images.0, layout.to_string());
-        let m = run(py, move || self.with(|l| l.step_images(&images, crate::augment::Layout::parse(&layout)?)))?;
+    fn step_images<'py>(&self, py: Python<'py>, images: ImagesArg, layout: &str) -> PyResult<Bound<'py, PyDict>> {
+        let (images, layout) = (OwnedImages::from(images), layout.to_string());
+        let m = run(py, move || self.with(|l| l.step_images(images.images(), crate::augment::Layout::parse(&layout)?)))?;
         metrics_dict(py, m)
     }
 
