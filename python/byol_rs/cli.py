@@ -1,6 +1,6 @@
 """Command line: ``byol-rs <command>`` (also ``python -m byol_rs <command>``).
 
-  train   BYOL on Fashion-MNIST (default), scikit-learn's digits or an IDX folder
+  train   BYOL on Fashion-MNIST (default), scikit-learn's digits, an IDX folder or a folder of images
   eval    kNN and linear-probe accuracy of a saved run
   export  a saved run's backbone as a torchvision-loadable state dict
   demo    the fused loss and EMA on real photos, beside PyTorch
@@ -27,6 +27,33 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _one_line_warnings() -> None:
+    """A skipped file is one line on stderr (DataLoader workers, forked, inherit this)."""
+    import warnings
+
+    from .folder import ImageSkippedWarning
+
+    plain = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, ImageSkippedWarning):
+            print(f"byol-rs train: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -48,23 +75,26 @@ def _train(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, preset=args.preset, optimizer=args.optimizer,
                   lr=args.lr, view_fraction=args.view_fraction, device=args.device, seed=args.seed, out=args.out,
                   eval_every_minutes=args.eval_every, checkpoint_every_minutes=args.checkpoint_every,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, val_dir=args.val, val_fraction=args.val_fraction,
+                  image_size=args.image_size, workers=args.workers, strict=args.strict)
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.epochs is not None:
         fields.update(epochs=args.epochs, minutes=None)
     elif args.minutes is not None:
         fields["minutes"] = args.minutes
     cfg = TrainConfig(**fields)
+    _one_line_warnings()
+    bad_input = (TrainError, DatasetError, ByolError)
     try:
         trainer = Trainer(cfg, resume=args.resume, force=args.force)
-    except (TrainError, DatasetError, ByolError) as e:
+    except bad_input as e:
         _fail(f"byol-rs train: error: {e}")
     install_sigterm_as_interrupt()
     lead = trainer.rank == 0
     budget = f"{cfg.epochs} epochs" if cfg.epochs is not None else f"{cfg.minutes} minutes"
     ranks = f" on {trainer.world} ranks" if trainer.world > 1 else ""
     if lead:
-        print(f"byol-rs: {trainer.data.name} ({len(trainer.data.train_images)} train / {len(trainer.data.test_images)} test), "
+        print(f"byol-rs: {trainer.source.describe()}, "
               f"{cfg.backbone}, batch {cfg.batch_size}{ranks}, {trainer.total_steps} steps ({budget}) -> {cfg.out}")
     try:
         trainer.train()
@@ -72,18 +102,36 @@ def _train(args: argparse.Namespace) -> int:
         if lead:
             print(f"\ninterrupted: checkpoint saved at step {trainer.learner.step_count}; continue with --resume --out {cfg.out}")
         return 130
+    except bad_input as e:  # --strict meeting an unreadable file
+        _fail(f"byol-rs train: error: {e}")
     if not lead:
         trainer.close()
         return 0
-    print("final evaluation (full test set, trained vs random init) ...")
+    labelled = trainer.source.labelled
+    print(f"final evaluation ({'full test set' if labelled else 'no labelled set'}, trained vs random init) ...")
     report = trainer.report()
     trainer.close()
-    t, r = report["trained"], report["random_init"]
-    print(f"kNN    {t['knn']:.4f}  (random init {r['knn']:.4f}, {t['knn'] - r['knn']:+.4f})")
-    print(f"linear {t['linear']:.4f}  (random init {r['linear']:.4f}, {t['linear'] - r['linear']:+.4f})")
-    print(f"{report['steps']} steps, {report['epochs']} epochs, {report['images_per_second']} img/s; "
-          f"wrote metrics.csv, report.json, curves.png, checkpoint.safetensors to {cfg.out}")
+    _print_summary(report, cfg.out)
     return 0
+
+
+def _print_summary(report: dict, out: str) -> None:
+    t, r = report["trained"], report["random_init"]
+    if report["labelled_evaluation"]:
+        print(f"kNN    {t['knn']:.4f}  (random init {r['knn']:.4f}, {t['knn'] - r['knn']:+.4f})")
+        print(f"linear {t['linear']:.4f}  (random init {r['linear']:.4f}, {t['linear'] - r['linear']:+.4f})")
+    else:
+        print(f"{report['no_labelled_set']}: no kNN or linear-probe accuracy")
+        print(f"final loss {report['final_loss']:.4f}, z_std {report['final_z_std']:.4f} (mean of the last "
+              f"{report['final_over_steps']} steps); features: effective rank {t['effective_rank']:.1f} "
+              f"(random init {r['effective_rank']:.1f}), z_std {t['feature_z_std']:.4f} (random init {r['feature_z_std']:.4f})")
+    if report["skipped_files"]:
+        names = ", ".join(report["skipped_file_names"])
+        more = ", ..." if report["skipped_files"] > len(report["skipped_file_names"]) else ""
+        print(f"skipped {report['skipped_files']} unreadable file(s): {names}{more}")
+    print(f"{report['steps']} steps, {report['epochs']} epochs, {report['images_per_second']} img/s, "
+          f"{100 * report['data_wait_fraction']:.0f} % of the time waiting for data; "
+          f"wrote metrics.csv, report.json, curves.png, checkpoint.safetensors to {out}")
 
 
 def _load_learner(path: str):
@@ -137,7 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train BYOL and report kNN / linear-probe accuracy")
     t.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
-    t.add_argument("--data", metavar="DIR", help="an IDX folder (MNIST layout) instead of --dataset")
+    t.add_argument("--data", metavar="DIR",
+                   help="instead of --dataset: an IDX folder (the four MNIST files), or a folder of JPEG / PNG / "
+                        "WebP images, streamed by loader workers; class subfolders give labels")
+    t.add_argument("--val", metavar="DIR", help="image folder: a labelled folder with the classes of --data, for "
+                                                "kNN and linear-probe evaluation (without one, or --val-fraction, "
+                                                "the report gives health metrics only)")
+    t.add_argument("--val-fraction", type=float, metavar="F",
+                   help="image folder: hold out this fraction (0 < F < 1, a fixed seeded split) of a labelled "
+                        "--data for evaluation instead of --val")
+    t.add_argument("--image-size", type=_positive(int), metavar="N",
+                   help="image folder: the training views' side (default 64 for convnet, 224 for resnets; at "
+                        "least 8 and 32). Evaluation resizes the shorter side to round(N / 0.875) and "
+                        "centre-crops N (the standard 0.875 crop ratio)")
+    t.add_argument("--workers", type=_non_negative_int, metavar="N",
+                   help="image folder: loader processes per rank (default: the usable cores, less one per "
+                        "rank, at least 1; 0: load in the main process)")
+    t.add_argument("--strict", action="store_true",
+                   help="image folder: stop at the first unreadable file (default: skip it with a warning)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), help="wall-time budget for training (default 10)")
     budget.add_argument("--epochs", type=_positive(float), help="train for this many epochs instead")
@@ -147,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
     t.add_argument("--lr", type=_positive(float), help="base learning rate per 256 images")
     t.add_argument("--view-fraction", type=_positive(float), metavar="F",
-                   help="training views' side as a fraction of the images' (default 0.72; 1: full size)")
+                   help="IDX and --dataset: training views' side as a fraction of the images' (default 0.72; 1: full size)")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", metavar="DIR", help="where metrics, report, plot and checkpoint go (default runs/byol)")

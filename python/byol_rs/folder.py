@@ -10,6 +10,7 @@ torchvision is needed at run time (``pip install torchvision``); it brings PIL w
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -278,6 +279,21 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolder":
+        """The folder restricted to ``samples[i] for i in indices``, in that order, with the same
+        classes and settings. A bad file is replaced by the next readable one *of the subset*
+        (``torch.utils.data.Subset`` would reach outside it: from a training split into the
+        held-out one), and the subset keeps its own record of skipped files."""
+        part = copy.copy(self)
+        part.samples = [self.samples[int(i)] for i in indices]
+        part.targets = [label for _, label in part.samples]
+        part._bad = torch.zeros(len(part.samples), dtype=torch.bool)
+        try:
+            part._bad.share_memory_()
+        except RuntimeError:  # as in __init__
+            pass
+        return part
 
     def load(self, index: int) -> torch.Tensor:
         """The image of ``samples[index]``, with no skipping; :class:`ImageDecodeError` if bad."""

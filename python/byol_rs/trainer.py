@@ -1,7 +1,8 @@
-"""The main job behind ``byol-rs train``: BYOL on an in-memory image set for a time or
-epoch budget, with live progress, periodic kNN, checkpoints, exact resume, and a final
-report against the same backbone at random init. The heavy work (augmentations, steps,
-kNN, linear probe) runs in Rust; this module only orchestrates."""
+"""The main job behind ``byol-rs train``: BYOL on an in-memory image set or a streamed folder
+of images (:mod:`byol_rs.sources`) for a time or epoch budget, with live progress, periodic
+kNN, checkpoints, exact resume, and a final report against the same backbone at random init.
+The heavy work (augmentations, steps, kNN, linear probe) runs in Rust; this module only
+orchestrates."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ import torch
 from . import data as datasets
 from . import run_files
 from .augment import Augment
-from .eval import LinearProbe, effective_rank, embed_all, knn_accuracy, z_std
+from .eval import LinearProbe, effective_rank, knn_accuracy, z_std
 from .learner import BYOL
 from .progress import progress
+from .sources import (PERIODIC_BANK, PERIODIC_QUERIES, EpochBatchSampler, Features, InMemorySource, Source,
+                      min_side, open_source)
+from .sources import view_size  # noqa: F401 - re-exported: it was defined here
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "trainer_state.json"
@@ -31,6 +35,13 @@ POSTFIX_EVERY = 25
 # New rows go to metrics.csv this often, and at each checkpoint.
 ROWS_EVERY_SECONDS = 5.0
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
+# Config fields that do not change what a run computes, so a resumed run may change them.
+NOT_RESUME_CHECKED = ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes",
+                      "device", "workers", "strict")
+# report.json's final_loss and final_z_std: the means over this many last steps.
+FINAL_STEPS = 20
+# report.json and the summary name this many skipped files.
+SKIPPED_NAMED = 10
 
 
 @dataclass
@@ -54,6 +65,16 @@ class TrainConfig:
     #: The views' side as a fraction of the images' (see ``view_size``); evaluation always sees
     #: whole images at their own size.
     view_fraction: float = 0.72
+    #: A folder of images only (``--data DIR`` with image files), see byol_rs.sources:
+    #: ``val_dir`` a labelled evaluation folder with the training classes, or ``val_fraction``
+    #: of ``data_dir`` held out; ``image_size`` the views' side (None: 64 for the ConvNet, 224
+    #: for ResNets); ``workers`` loader processes per rank (None: the cores less one);
+    #: ``strict`` stops at the first unreadable file instead of skipping it.
+    val_dir: Optional[str] = None
+    val_fraction: Optional[float] = None
+    image_size: Optional[int] = None
+    workers: Optional[int] = None
+    strict: bool = False
     warmup_fraction: float = 0.05
     device: str = "cpu"
     seed: int = 0
@@ -70,57 +91,44 @@ class TrainError(ValueError):
     """A problem with the run's inputs; the CLI prints it on one line and exits with 2."""
 
 
-def view_size(cfg: TrainConfig, d: datasets.ImageData) -> int:
-    """The training views' side: ``view_fraction`` of the images', rounded, at least 8 px (the
-    ConvNet's three 2x2 pools) and at most the images' own. Random resized crops enlarge objects,
-    so views smaller than the test images show objects at about their test size (the FixRes
-    effect), and each step costs fewer pixels: 20 px views of 28 px Fashion-MNIST train about
-    1.6x as many images in the same time (benches/RESULTS.md, probes AA-AD)."""
-    return min(d.size, max(8, round(cfg.view_fraction * d.size)))
-
-
-def _augment(cfg: TrainConfig, d: datasets.ImageData) -> Augment:
-    mean, std = d.mean_std()
-    return Augment.small_image(view_size(cfg, d), mean=mean, std=std, crop_scale=tuple(cfg.crop_scale),
+def _augment(cfg: TrainConfig, source: Source) -> Augment:
+    return Augment.small_image(source.view_size, mean=source.mean, std=source.std, crop_scale=tuple(cfg.crop_scale),
                                blur_p=cfg.blur_p, seed=cfg.seed)
 
 
-def _learner(cfg: TrainConfig, d: datasets.ImageData, total_steps: int, steps_per_epoch: int,
+def _learner(cfg: TrainConfig, source: Source, total_steps: int, steps_per_epoch: int,
              distributed: Optional[bool] = None) -> BYOL:
     kwargs: Dict[str, Any] = dict(
-        in_channels=d.channels, small_image=True, projector_hidden=cfg.projector_hidden,
+        in_channels=source.channels, small_image=source.small_image, projector_hidden=cfg.projector_hidden,
         predictor_hidden=cfg.projector_hidden, projection_dim=cfg.projection_dim,
         optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, tau_base=cfg.tau_base,
         total_steps=total_steps, warmup_steps=int(total_steps * cfg.warmup_fraction),
-        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, d), distributed=distributed, **cfg.extra)
+        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, source), distributed=distributed, **cfg.extra)
     if cfg.preset:
         kwargs.update(preset=cfg.preset, steps_per_epoch=steps_per_epoch)
     return BYOL(cfg.backbone, **kwargs)
 
 
-def _eval_input(images: torch.Tensor, mean: List[float], std: List[float], device: str) -> torch.Tensor:
-    x = images.to(device).float().div_(255)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+def score(f: Features, *, linear: bool, k: int = 200, temperature: float = 0.1) -> Dict[str, float]:
+    """kNN (and optionally linear-probe) accuracy and the collapse diagnostics of features;
+    without a labelled set (``f.test`` None) the diagnostics of the training sample alone."""
+    if f.test is None:
+        return {"effective_rank": effective_rank(f.train[:4096]), "feature_z_std": z_std(f.train)}
+    out = {"knn": knn_accuracy(f.train, f.train_labels, f.test, f.test_labels, k=k, temperature=temperature),
+           "effective_rank": effective_rank(f.test[:4096]), "feature_z_std": z_std(f.test)}
+    if linear:
+        probe = LinearProbe.fit(f.train, f.train_labels)
+        out.update(linear=probe.accuracy(f.test, f.test_labels), linear_c=probe.c)
+    return out
 
 
 def evaluate(learner: BYOL, d: datasets.ImageData, *, linear: bool, k: int = 200,
              temperature: float = 0.1, max_train: Optional[int] = None,
              max_test: Optional[int] = None) -> Dict[str, float]:
-    """kNN (and optionally linear-probe) accuracy of the learner's backbone features."""
-    mean, std = d.mean_std()
-    dev = learner.config["device"]
-    trx, try_ = d.train_images[:max_train], d.train_labels[:max_train]
-    tex, tey = d.test_images[:max_test], d.test_labels[:max_test]
-    embed = lambda x: learner.embed(_eval_input(x, mean, std, dev)).cpu()  # noqa: E731
-    ftr, fte = embed_all(embed, trx), embed_all(embed, tex)
-    out = {"knn": knn_accuracy(ftr, try_, fte, tey, k=k, temperature=temperature),
-           "effective_rank": effective_rank(fte[:4096]), "feature_z_std": z_std(fte)}
-    if linear:
-        probe = LinearProbe.fit(ftr, try_)
-        out.update(linear=probe.accuracy(fte, tey), linear_c=probe.c)
-    return out
+    """kNN (and optionally linear-probe) accuracy of the learner's backbone features on the
+    first ``max_train`` training and ``max_test`` test images of ``d``."""
+    features = next(InMemorySource(d).features([learner], max_train, max_test))
+    return score(features, linear=linear, k=k, temperature=temperature)
 
 
 def join_torchrun(device: str) -> Tuple[int, int, str]:
@@ -139,37 +147,59 @@ def join_torchrun(device: str) -> Tuple[int, int, str]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _check_config(cfg: TrainConfig) -> None:
+    """The settings that are wrong whatever the data."""
+    if not 0 < cfg.view_fraction <= 1:
+        raise TrainError(f"view_fraction (--view-fraction): expected a number in (0, 1], got {cfg.view_fraction!r}")
+    if cfg.val_fraction is not None:
+        if cfg.val_dir is not None:
+            raise TrainError("val_fraction (--val-fraction) and val_dir (--val) contradict each other: "
+                             "hold out part of --data, or evaluate on --val, not both")
+        if not 0 < cfg.val_fraction < 1:
+            raise TrainError(f"val_fraction (--val-fraction): expected a number in (0, 1), got {cfg.val_fraction!r}")
+    if cfg.image_size is not None and cfg.image_size < min_side(cfg.backbone):
+        raise TrainError(f"image_size (--image-size): the {cfg.backbone} backbone needs at least "
+                         f"{min_side(cfg.backbone)} px, got {cfg.image_size}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise TrainError(f"workers (--workers): expected 0 (load in the main process) or more, got {cfg.workers}")
+
+
 class Trainer:
     """One run of ``byol-rs train``. Under torchrun every rank runs a Trainer: ``batch_size`` is
-    the global batch, each rank steps on its slice of it, and rank 0 alone evaluates, prints
-    and writes."""
+    the global batch, each rank steps on its slice of it (a folder's rank reads only its own
+    slice), and rank 0 alone evaluates, prints and writes."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> None:
         self.rank, self.world, device = join_torchrun(cfg.device)
         self.cfg = cfg = replace(cfg, device=device)
-        if not 0 < cfg.view_fraction <= 1:
-            raise TrainError(f"view_fraction (--view-fraction): expected a number in (0, 1], got {cfg.view_fraction!r}")
+        _check_config(cfg)
         if cfg.batch_size % self.world:
             raise TrainError(f"--batch-size {cfg.batch_size} does not split evenly over {self.world} ranks")
         self.out = Path(cfg.out)
         self._prepare_out(resume, force)
-        self.data = datasets.load(cfg.dataset, cfg.data_dir)
-        n = len(self.data.train_images)
+        self.source = open_source(cfg, device)
+        n = self.source.num_train
         if cfg.batch_size > n:
             raise TrainError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
         self.steps_per_epoch = n // cfg.batch_size
         self.log = run_files.MetricsLog(self.out / "metrics.csv")
         self._unread: List[Tuple[Dict[str, Any], Any]] = []
         self._committed: Optional[Dict[str, Any]] = None  # the state entry of the checkpoint on disk
-        self._perm: Tuple[int, Optional[torch.Tensor]] = (-1, None)  # the current epoch's order
         self.elapsed = 0.0
+        self.data_wait = 0.0  # of elapsed, the seconds spent waiting for the next batch
+        self._skipped: List[str] = []  # files any rank skipped, gathered at the end of train()
         if resume:
             self._resume()
         else:
             self.total_steps = self._plan_steps()
-            self.learner = _learner(cfg, self.data, self.total_steps, self.steps_per_epoch)
+            self.learner = _learner(cfg, self.source, self.total_steps, self.steps_per_epoch)
             if self.rank == 0:
                 self.log.reset()
+
+    @property
+    def data(self) -> Optional[datasets.ImageData]:
+        """The in-memory images (Fashion-MNIST, digits, an IDX folder); None for a folder of images."""
+        return self.source.data
 
     def _prepare_out(self, resume: bool, force: bool) -> None:
         try:
@@ -200,8 +230,8 @@ class Trainer:
         return self._time_steps()
 
     def _time_steps(self) -> int:
-        probe = _learner(self.cfg, self.data, 10_000, self.steps_per_epoch, distributed=False)
-        batch = self.data.train_images[: self.cfg.batch_size // self.world]
+        probe = _learner(self.cfg, self.source, 10_000, self.steps_per_epoch, distributed=False)
+        batch = self.source.probe_batch(self.cfg.batch_size // self.world)
         for _ in range(3):  # warm-up: the first steps fault in memory and are slow
             probe.step(batch)
         times = []
@@ -211,13 +241,16 @@ class Trainer:
             times.append(time.perf_counter() - t0)
         per_step = sorted(times)[len(times) // 2]  # the median: one slow step must not shrink the plan
         budget = self.cfg.minutes * 60
-        evals = budget / (self.cfg.eval_every_minutes * 60) if self.cfg.eval_every_minutes > 0 else 0
+        evals = budget / (self.cfg.eval_every_minutes * 60) if self._evaluates() else 0
         eval_cost = evals * self._knn_seconds(per_step)
         return max(1, int((budget - eval_cost) / per_step))
 
+    def _evaluates(self) -> bool:
+        """Whether periodic kNN checks run: they need a labelled set."""
+        return self.cfg.eval_every_minutes > 0 and self.source.labelled
+
     def _knn_seconds(self, per_step: float) -> float:
-        # Periodic kNN embeds 10k + 2k images: about (12k / batch) forward passes, ~1/4 of a step each.
-        return 12_000 / self.cfg.batch_size * per_step / 4 + 1.0
+        return self.source.knn_seconds(per_step, self.cfg.batch_size)
 
     def _resume(self) -> None:
         try:
@@ -225,7 +258,7 @@ class Trainer:
             saved_cfg = (saved_cfg.get("current") or saved_cfg)["config"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
-        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes", "device")}
+        mine = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_RESUME_CHECKED}
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
         mine["crop_scale"] = tuple(mine["crop_scale"])
@@ -248,6 +281,7 @@ class Trainer:
             raise TrainError(f"--resume: {self.out} is inconsistent ({e})") from None
         self.total_steps = entry["total_steps"]
         self.elapsed = entry["elapsed"]
+        self.data_wait = entry.get("data_wait", 0.0)  # not in states from before it was measured
         self._committed = {k: v for k, v in entry.items() if k != "rows"}
 
     @property
@@ -268,22 +302,16 @@ class Trainer:
         self._write_rows(sync=True)
         if self.rank == 0:  # the state goes first: see run_files
             entry = {"step": self.learner.step_count, "config": asdict(self.cfg), "total_steps": self.total_steps,
-                     "elapsed": self.elapsed, "csv_bytes": self.log.size()}
+                     "elapsed": self.elapsed, "data_wait": self.data_wait, "csv_bytes": self.log.size()}
             run_files.write_state(self.out / STATE, entry, self._committed)
             self._committed = entry
         self.learner.save(self.out / CHECKPOINT)  # rank 0 only writes
 
-    def _batch_indices(self, step: int) -> torch.Tensor:
-        """The batch for optimizer step ``step``: epoch-wise permutations derived from the
+    def sampler(self, start_step: int = 0) -> EpochBatchSampler:
+        """This rank's batches from ``start_step`` on: epoch-wise permutations derived from the
         seed, so a resumed run sees exactly the batches the uninterrupted run would."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if self._perm[0] != epoch:  # one permutation an epoch, not one a step
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(len(self.data.train_images), generator=g))
-        perm = self._perm[1]
-        batch = perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
-        per_rank = self.cfg.batch_size // self.world
-        return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return EpochBatchSampler(self.source.num_train, self.cfg.batch_size, self.cfg.seed,
+                                 self.rank, self.world, start_step)
 
     def _due(self, eval_due: bool, ckpt_due: bool) -> Tuple[bool, bool]:
         """Rank 0's clock decides for every rank, so that they checkpoint at the same step."""
@@ -307,10 +335,15 @@ class Trainer:
         stepping = 0.0  # step time since the last re-plan
         eval_seconds = 0.0  # kNN checks in this call
         step = window_start = start_step
+        elapsed_before, wait_before = self.elapsed, self.data_wait
+        batches = self.source.batches(self.sampler(start_step))
         stop = _DeferredInterrupt()
         try:
             while step < self.total_steps:
-                m = learner.step(self.data.train_images[self._batch_indices(step)])
+                asked = time.perf_counter()
+                images = next(batches)
+                self.data_wait += time.perf_counter() - asked
+                m = learner.step(images)
                 now = time.perf_counter()
                 step_seconds = now - t_prev
                 self.elapsed += step_seconds
@@ -328,13 +361,12 @@ class Trainer:
                     stepping, window_start = 0.0, step
                     bar.total = self.total_steps
                 eval_due, ckpt_due = self._due(
-                    cfg.eval_every_minutes > 0 and now - last_eval >= cfg.eval_every_minutes * 60,
+                    self._evaluates() and now - last_eval >= cfg.eval_every_minutes * 60,
                     now - last_ckpt >= cfg.checkpoint_every_minutes * 60)
                 if eval_due:
                     if self.rank == 0:  # the other ranks wait in their next step's first collective
-                        row["knn"] = evaluate(learner, self.data, linear=False, k=cfg.knn_k,
-                                              temperature=cfg.knn_temperature, max_train=10_000,
-                                              max_test=2_000)["knn"]
+                        features = next(self.source.features([learner], PERIODIC_BANK, PERIODIC_QUERIES))
+                        row["knn"] = score(features, linear=False, k=cfg.knn_k, temperature=cfg.knn_temperature)["knn"]
                         bar.write(f"step {m['step']}: kNN (10k bank, 2k queries) {row['knn']:.4f}")
                     eval_seconds += time.perf_counter() - now
                     last_eval = t_prev = time.perf_counter()
@@ -345,8 +377,10 @@ class Trainer:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
                 if step % POSTFIX_EVERY == 0 or step in (start_step + 1, self.total_steps):
+                    waited = (self.data_wait - wait_before) / max(self.elapsed - elapsed_before, 1e-9)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
-                                    lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", refresh=False)
+                                    lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", wait=f"{100 * waited:.0f}%",
+                                    refresh=False)
                 bar.update(1)
                 if stop.requested:
                     raise KeyboardInterrupt
@@ -356,9 +390,22 @@ class Trainer:
             raise
         finally:
             stop.restore()
+            batches.close()  # a folder's loader workers stop here
         bar.close()
         self._save()
+        self._skipped = self._gather_skipped()
         return {"steps": learner.step_count, "seconds": self.elapsed}
+
+    def _gather_skipped(self) -> List[str]:
+        """The files every rank skipped: each rank reads its own shard, and keeps its own record."""
+        skipped = self.source.skipped
+        if self.world == 1:
+            return skipped
+        import torch.distributed as dist
+
+        per_rank: List[Any] = [None] * self.world
+        dist.all_gather_object(per_rank, skipped)
+        return sorted({path for paths in per_rank for path in paths})
 
     def _replan_step(self, start_step: int) -> Optional[int]:
         """When a time-budgeted single-process run re-plans its length: after 15 % of the
@@ -398,21 +445,36 @@ class Trainer:
 
     def report(self) -> Dict[str, Any]:
         """Final kNN and linear probe on the full test set, trained vs random init; writes
-        metrics.csv, report.json and curves.png."""
-        cfg = self.cfg
+        metrics.csv, report.json and curves.png. Without a labelled set: the health metrics
+        (final loss and z_std, features' effective rank and z_std on a training sample)."""
+        cfg, source = self.cfg, self.source
         kw = dict(k=cfg.knn_k, temperature=cfg.knn_temperature)
-        trained = evaluate(self.learner, self.data, linear=True, **kw)
-        baseline = evaluate(_learner(cfg, self.data, self.total_steps, self.steps_per_epoch, distributed=False),
-                            self.data, linear=True, **kw)
+        baseline_learner = _learner(cfg, source, self.total_steps, self.steps_per_epoch, distributed=False)
+        scores = []
+        for features in source.features([self.learner, baseline_learner]):
+            scores.append(score(features, linear=True, **kw))
+            del features  # in memory: before the next learner's are computed
+        trained, baseline = scores
+        rows = self.rows
+        last = rows[-FINAL_STEPS:]
+        skipped = sorted(set(self._skipped) | set(source.skipped))
         report = {
-            "dataset": self.data.name, "backbone": cfg.backbone, "steps": self.learner.step_count,
+            "dataset": source.name, "backbone": cfg.backbone, "steps": self.learner.step_count,
             "epochs": round(self.learner.step_count / self.steps_per_epoch, 3),
             "train_seconds": round(self.elapsed, 1), "images_per_second": round(self.learner.step_count * cfg.batch_size / max(self.elapsed, 1e-9), 1),
+            "data_wait_seconds": round(self.data_wait, 2),
+            "data_wait_fraction": round(self.data_wait / max(self.elapsed, 1e-9), 4),
+            "skipped_files": len(skipped), "skipped_file_names": skipped[:SKIPPED_NAMED],
+            "labelled_evaluation": source.labelled, "no_labelled_set": source.no_labels or None,
+            "final_loss": sum(r["loss"] for r in last) / max(len(last), 1),
+            "final_z_std": sum(r["z_std"] for r in last) / max(len(last), 1),
+            "final_over_steps": len(last),
             "trained": trained, "random_init": baseline,
-            "gain": {k: trained[k] - baseline[k] for k in ("knn", "linear")},
+            **source.report_fields(),
             "world_size": self.world, "config": asdict(cfg), "learner_config": self.learner.config,
         }
-        rows = self.rows
+        if source.labelled:
+            report["gain"] = {k: trained[k] - baseline[k] for k in ("knn", "linear")}
         (self.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
         plot_curves(rows, report, self.out / "curves.png")
         return report
@@ -436,12 +498,15 @@ def plot_curves(rows: List[Dict[str, Any]], report: Dict[str, Any], path: Path) 
     knn = [(r["seconds"] / 60, r["knn"]) for r in rows if r["knn"] != ""]
     if knn:
         ax[2].plot(*zip(*knn), "o-", label="kNN (10k bank, 2k queries)")
-    ax[2].axhline(report["trained"]["knn"], c="C1", label=f"final kNN {report['trained']['knn']:.3f}")
-    ax[2].axhline(report["random_init"]["knn"], c="gray", ls="--", label=f"random init {report['random_init']['knn']:.3f}")
     ax[2].set(title="weighted kNN accuracy (k=200, T=0.1)", xlabel="training minutes")
+    if "knn" in report["trained"]:
+        ax[2].axhline(report["trained"]["knn"], c="C1", label=f"final kNN {report['trained']['knn']:.3f}")
+        ax[2].axhline(report["random_init"]["knn"], c="gray", ls="--", label=f"random init {report['random_init']['knn']:.3f}")
+        ax[2].legend(fontsize=8)
+    else:
+        ax[2].text(0.5, 0.5, "no labelled set given", ha="center", va="center", transform=ax[2].transAxes)
     if minutes:  # the whole run, as in the other panels, however few checks there were
         ax[2].set_xlim(0, minutes[-1] * 1.02)
-    ax[2].legend(fontsize=8)
     fig.suptitle(f"byol-rs on {report['dataset']}: {report['steps']} steps, {report['epochs']} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
