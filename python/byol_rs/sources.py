@@ -44,6 +44,14 @@ PERIODIC_BANK, PERIODIC_QUERIES = 10_000, 2_000
 #: Evaluation images are resized on the shorter side to round(N / EVAL_CROP_RATIO), then
 #: centre-cropped to N: the standard ImageNet evaluation transform (256 -> 224).
 EVAL_CROP_RATIO = 0.875
+#: Folders whose median shorter side is at most this are small images (Fashion-MNIST, CIFAR,
+#: STL-10 at 96 is not): they train with the small-image recipe on views of ``view_fraction`` of
+#: their side and are evaluated whole at their own size (crop ratio 1), as the IDX path and
+#: solo-learn's CIFAR recipe do. A 0.875 centre crop of 28 px images costs 0.6 kNN points
+#: (benches/RESULTS.md).
+SMALL_IMAGES_UP_TO = 64
+#: PIL modes of one-channel files.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 #: Training images whose features give the health metrics of a run with no labelled set.
 HEALTH_SAMPLE = 2048
 #: Decoded training images whose pixels give the normalisation's mean and std.
@@ -59,9 +67,9 @@ SMALL_STEM_BELOW = 96
 
 
 def default_image_size(backbone: str) -> int:
-    """The training views' side for a folder when --image-size is not given: 224, the paper's,
-    for ResNets; 64 for the ConvNet, a small-image network (four conv blocks, three pools)
-    whose cost grows with the pixels and which was tuned on 20-28 px views."""
+    """The training views' side for a folder of photos when --image-size is not given: 224, the
+    paper's, for ResNets; 64 for the ConvNet, a small-image network (four conv blocks, three
+    pools) whose cost grows with the pixels and which was tuned on 20-28 px views."""
     return 64 if backbone == "convnet" else 224
 
 
@@ -158,6 +166,8 @@ class Source(ABC):
     no_labels: str = ""
     view_size: int
     small_image: bool
+    #: The paper's views (photos) rather than the small-image recipe.
+    paper_views: bool = False
     mean: List[float]
     std: List[float]
     data: Optional[ImageData] = None
@@ -236,32 +246,35 @@ class InMemorySource(Source):
         return {"data": {"kind": "in-memory", "train_images": self.num_train, "test_images": self.num_eval}}
 
 
-def eval_resize_side(size: int) -> int:
+def eval_resize_side(size: int, ratio: float = EVAL_CROP_RATIO) -> int:
     """The shorter side evaluation images are resized to before the centre crop of ``size``."""
-    return round(size / EVAL_CROP_RATIO)
+    return round(size / ratio)
 
 
-def eval_transform(image: torch.Tensor, size: int) -> torch.Tensor:
+def eval_transform(image: torch.Tensor, size: int, ratio: float = EVAL_CROP_RATIO) -> torch.Tensor:
     """uint8 ``[C, H, W]`` of any size to ``[C, size, size]``: the shorter side resized to
-    ``round(size / 0.875)`` (antialiased bilinear), then the centre ``size x size`` crop."""
+    ``round(size / ratio)`` (antialiased bilinear; skipped when it already is), then the centre
+    ``size x size`` crop."""
     from torchvision.transforms.v2 import functional as F
 
-    image = F.resize(image, [eval_resize_side(size)], antialias=True)
+    side = eval_resize_side(size, ratio)
+    if min(image.shape[-2:]) != side:
+        image = F.resize(image, [side], antialias=True)
     return F.center_crop(image, [size, size])
 
 
 class EvalImages(torch.utils.data.Dataset):
     """An :class:`ImageFolder`'s items as evaluation sees them: ``(eval_transform(image), label)``."""
 
-    def __init__(self, folder: ImageFolder, size: int) -> None:
-        self.folder, self.size = folder, size
+    def __init__(self, folder: ImageFolder, size: int, ratio: float = EVAL_CROP_RATIO) -> None:
+        self.folder, self.size, self.ratio = folder, size, ratio
 
     def __len__(self) -> int:
         return len(self.folder)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image, label = self.folder[index]
-        return eval_transform(image, self.size), label
+        return eval_transform(image, self.size, self.ratio), label
 
 
 def _sample(n: int, k: Optional[int]) -> List[int]:
@@ -319,8 +332,13 @@ class FolderSource(Source):
     Normalisation: per-channel mean and std of a seeded sample of MEAN_STD_SAMPLE training
     images as evaluation sees them (resized and centre-cropped), as the in-memory datasets use
     their own statistics: ImageNet's are right only for photos like ImageNet's (not for
-    scans, drawings, satellite or medical images). Always 3 channels: a grey file becomes three
-    equal channels (:class:`ImageFolder` ``channels=3``)."""
+    scans, drawings, satellite or medical images). One channel when every file is grey (PIL's
+    mode from its header), else three (a grey file then becomes three equal channels).
+
+    Recipe, by the median shorter side of the files: small images (at most 64 px) train as the
+    IDX path does, on small-image views of ``view_fraction`` of their side, and are evaluated
+    whole at their own size; photos train on the paper's views (``Augment.byol``) at
+    ``--image-size`` and are evaluated with the standard 0.875 centre crop."""
 
     def __init__(self, cfg: "TrainConfig", workers: int, device: str) -> None:
         self.root = os.path.expanduser(cfg.data_dir)
@@ -362,7 +380,6 @@ class FolderSource(Source):
             self.train = data
             self.eval_from = ""
         self.name = os.path.basename(os.path.normpath(self.root)) or self.root
-        self.channels = 3
         self.num_train = len(self.train)
         self.num_eval = len(self.eval_set) if self.eval_set is not None else 0
         self.labelled = self.eval_set is not None
@@ -370,30 +387,49 @@ class FolderSource(Source):
             "no labelled set given (--data has class subfolders: add --val DIR or --val-fraction F for kNN and linear-probe accuracy)"
             if data.classes else
             "no labelled set given (--data has no class subfolders and there is no --val DIR): health metrics only")
+        least = min_side(cfg.backbone)
+        headers = self._check_sides("--data", self.train, least, cfg.backbone)
+        if self.eval_set is not None:
+            headers += self._check_sides("--val" if cfg.val_dir is not None else "--data", self.eval_set, least, cfg.backbone)
+        # Grey folders train on one channel (a third of the pixels); any colour file makes it three.
+        self.channels = 1 if headers and all(mode in GREY_MODES for _, mode in headers) else 3
+        for folder in (self.train, self.eval_set):
+            if folder is not None:
+                folder.channels = self.channels
+        shorter = sorted(side for side, _ in headers)
+        median = shorter[len(shorter) // 2] if shorter else least
+        self.small_images = median <= SMALL_IMAGES_UP_TO
+        if self.small_images:
+            # as the IDX path: views of view_fraction of the side, whole images evaluated at their size
+            self.image_size = cfg.image_size or max(least, round(cfg.view_fraction * median))
+            self.eval_size, self.eval_ratio = median, 1.0
+        else:
+            self.image_size = cfg.image_size or default_image_size(cfg.backbone)
+            self.eval_size, self.eval_ratio = self.image_size, EVAL_CROP_RATIO
         self.view_size = self.image_size
         self.small_image = self.image_size < SMALL_STEM_BELOW
-        least = min_side(cfg.backbone)
-        self._check_sides("--data", self.train, least, cfg.backbone)
-        if self.eval_set is not None:
-            self._check_sides("--val" if cfg.val_dir is not None else "--data", self.eval_set, least, cfg.backbone)
+        self.paper_views = not self.small_images
         self.mean, self.std, self.decode_seconds = self._mean_std()
 
     @staticmethod
-    def _check_sides(arg: str, folder: ImageFolder, least: int, backbone: str) -> None:
-        """Refuses files whose shorter side is below ``least``, from their headers (PIL's
+    def _check_sides(arg: str, folder: ImageFolder, least: int, backbone: str) -> List[Tuple[int, str]]:
+        """Each readable file's shorter side and PIL mode; refuses files whose shorter side is
+        below ``least``, from their headers (PIL's
         ``Image.open(...).size`` reads no pixels: ~30 us a file, about 40 s for ImageNet's 1.28M
         from a warm cache). A file whose header PIL cannot read is decoded: if that fails too it
         is skipped now (ImageFolder's warning, counted), or under --strict refused. A file with a
         good header and bad pixels (a truncated one) is skipped when a batch meets it."""
         from PIL import Image
 
+        headers = []
         for i, (path, _) in enumerate(folder.samples):
             try:
                 with Image.open(path) as im:
-                    w, h = im.size
+                    (w, h), mode = im.size, im.mode
             except Exception:  # noqa: BLE001 - no header PIL can read: decode it to be sure
                 try:
-                    h, w = folder.load(i).shape[1:]
+                    image = folder.load(i)
+                    (h, w), mode = image.shape[1:], "L" if image.shape[0] == 1 else "RGB"
                 except ImageDecodeError as e:
                     if folder.strict:
                         raise strict_error(e) from None
@@ -402,13 +438,15 @@ class FolderSource(Source):
             if min(w, h) < least:
                 raise DatasetError(f"{arg}: {path} is {w}x{h} px; the {backbone} backbone needs images of at "
                                    f"least {least} px on the shorter side")
+            headers.append((min(w, h), mode))
+        return headers
 
     def _loader(self, dataset: torch.utils.data.Dataset, **kwargs: Any) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(dataset, num_workers=self.workers, **kwargs)
 
     def _eval_batches(self, folder: ImageFolder, positions: List[int]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """uint8 ``[B, 3, N, N]`` evaluation images of ``folder[positions]`` with their labels."""
-        return _iterate(self._loader(torch.utils.data.Subset(EvalImages(folder, self.image_size), positions),
+        return _iterate(self._loader(torch.utils.data.Subset(EvalImages(folder, self.eval_size, self.eval_ratio), positions),
                                      batch_size=EVAL_BATCH_SIZE))
 
     def _mean_std(self) -> Tuple[List[float], List[float], float]:
@@ -476,13 +514,16 @@ class FolderSource(Source):
                 f"{self.workers} loader workers)")
 
     def report_fields(self) -> Dict[str, Any]:
-        n, side = self.image_size, eval_resize_side(self.image_size)
+        n, side = self.eval_size, eval_resize_side(self.eval_size, self.eval_ratio)
         return {"data": {
             "kind": "image folder", "root": self.root, "train_images": self.num_train,
             "classes": self.classes or None, "evaluation_set": self.eval_from or None,
             "evaluation_images": self.num_eval, "image_size": n,
-            "eval_transform": f"resize the shorter side to round({n} / {EVAL_CROP_RATIO}) = {side} px "
-                              f"(antialiased bilinear), centre crop {n}x{n} (crop ratio {EVAL_CROP_RATIO})",
+            "eval_transform": f"resize the shorter side to round({n} / {self.eval_ratio}) = {side} px "
+                              f"(antialiased bilinear), centre crop {n}x{n} (crop ratio {self.eval_ratio})",
+            "recipe": "small images (median side <= 64 px): small-image views, whole images evaluated"
+                      if self.small_images else "photos: the paper's views (Augment.byol)",
+            "channels": self.channels,
             "normalisation": f"mean and std of {min(MEAN_STD_SAMPLE, self.num_train)} training images "
                              f"(seeded sample, evaluation transform)",
             "mean": self.mean, "std": self.std, "small_image_stem": self.small_image,

@@ -92,6 +92,9 @@ class TrainError(ValueError):
 
 
 def _augment(cfg: TrainConfig, source: Source) -> Augment:
+    """Photos get the paper's views; small images the small-image recipe (``crop_scale``, ``blur_p``)."""
+    if source.paper_views:
+        return Augment.byol(source.view_size, mean=source.mean, std=source.std, seed=cfg.seed)
     return Augment.small_image(source.view_size, mean=source.mean, std=source.std, crop_scale=tuple(cfg.crop_scale),
                                blur_p=cfg.blur_p, seed=cfg.seed)
 

@@ -50,19 +50,46 @@ impl<'a> Source<'a> {
     fn read_row(&self, n: usize, c: usize, y: usize, x0: usize, out: &mut [f32]) {
         let ImageRef { data, kind, strides: [sc, sh, sw] } = self.images[n];
         let base = c * sc + y * sh + x0 * sw;
-        match kind {
-            Kind::Uint8 => {
-                for (x, o) in out.iter_mut().enumerate() {
-                    *o = unsafe { *data.add(base + x * sw) } as f32 / 255.0;
-                }
-            }
-            _ => {
-                let p = data as *const f32;
-                for (x, o) in out.iter_mut().enumerate() {
-                    *o = unsafe { *p.add(base + x * sw) };
-                }
-            }
+        // Planar rows (stride 1) and interleaved RGB (stride 3, as decoders write HWC) get
+        // a constant stride, which the compiler vectorises; any other stride reads generically.
+        match (kind, sw) {
+            (Kind::Uint8, 1) => read_strided::<u8, 1>(data, base, 1, out),
+            (Kind::Uint8, 3) => read_strided::<u8, 3>(data, base, 3, out),
+            (Kind::Uint8, _) => read_strided::<u8, 0>(data, base, sw, out),
+            (_, 1) => read_strided::<f32, 1>(data, base, 1, out),
+            (_, 3) => read_strided::<f32, 3>(data, base, 3, out),
+            _ => read_strided::<f32, 0>(data, base, sw, out),
         }
+    }
+}
+
+/// A pixel type the kernel reads: uint8 0-255 or float 0-1.
+trait Pixel: Copy {
+    fn unit(self) -> f32;
+}
+
+impl Pixel for u8 {
+    #[inline(always)]
+    fn unit(self) -> f32 {
+        self as f32 / 255.0
+    }
+}
+
+impl Pixel for f32 {
+    #[inline(always)]
+    fn unit(self) -> f32 {
+        self
+    }
+}
+
+/// `out[x] = data[base + x * stride]` as a unit float; `S` is the stride when known at compile
+/// time (0: use `stride`).
+#[inline(always)]
+fn read_strided<T: Pixel, const S: usize>(data: *const u8, base: usize, stride: usize, out: &mut [f32]) {
+    let p = data as *const T;
+    let step = if S == 0 { stride } else { S };
+    for (x, o) in out.iter_mut().enumerate() {
+        *o = unsafe { *p.add(base + x * step) }.unit();
     }
 }
 

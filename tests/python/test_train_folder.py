@@ -193,7 +193,9 @@ def test_folder_run_trains_reports_waits_and_skips(folders, capfd):
     assert report["labelled_evaluation"] and report["steps"] == 8 and report["data"]["evaluation_images"] == 12
     for side in ("trained", "random_init"):
         assert 0 <= report[side]["knn"] <= 1 and 0 <= report[side]["linear"] <= 1
-    assert "round(16 / 0.875) = 18" in report["data"]["eval_transform"]
+    # 24-48 px files are small images: evaluated whole, at their median shorter side
+    median = report["data"]["eval_transform"].split("round(")[1].split(" /")[0]
+    assert f"crop ratio 1.0" in report["data"]["eval_transform"] and 24 <= int(median) <= 48
     assert [line for line in stdout.splitlines() if line.startswith(("kNN", "linear"))]
 
 
@@ -371,3 +373,45 @@ def test_default_workers_leave_a_core_for_the_step(monkeypatch):
     assert sources.default_workers() == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert sources.default_workers() == 1
+
+
+def _grey_or_photo_folder(root, side, modes):
+    """Files of ``side`` px (and a little more) in the given PIL modes, one class folder."""
+    photo = skimage.data.coffee()
+    (root / "c").mkdir(parents=True, exist_ok=True)
+    for i, mode in enumerate(modes):
+        image = Image.fromarray(photo[:300, i * 20:i * 20 + 300]).resize((side + i, side + 2 * i)).convert(mode)
+        image.save(root / "c" / f"{i}.png")
+    return root
+
+
+def test_recipe_follows_the_image_size(tmp_path):
+    """Small images (median shorter side <= 64 px) train on view_fraction of their side with the
+    small-image views and are evaluated whole at that side; photos train on the paper's views at
+    --image-size (default 64 for the ConvNet) with the 0.875 centre crop. Fails with the
+    threshold moved below 28 px, or with photos given the small-image recipe."""
+    from byol_rs.trainer import _augment
+
+    small = FolderSource(TrainConfig(data_dir=str(_grey_or_photo_folder(tmp_path / "s", 28, ["RGB"] * 5)),
+                                     **{**SMALL, "image_size": None}), workers=0, device="cpu")
+    assert (small.image_size, small.eval_size, small.eval_ratio) == (round(0.72 * 30), 30, 1.0)
+    assert not small.paper_views and _augment(TrainConfig(), small).config["view1"]["blur_p"] == 0.5
+    photos = FolderSource(TrainConfig(data_dir=str(_grey_or_photo_folder(tmp_path / "p", 100, ["RGB"] * 5)),
+                                      **{**SMALL, "image_size": None}), workers=0, device="cpu")
+    assert (photos.image_size, photos.eval_size, photos.eval_ratio) == (64, 64, 0.875)
+    views = _augment(TrainConfig(), photos).config
+    assert photos.paper_views and (views["view1"]["blur_p"], views["view2"]["blur_p"], views["view2"]["solarize_p"]) == (1.0, 0.1, 0.2)
+    assert tuple(views["view1"]["crop_scale"]) == (0.08, 1.0)
+
+
+def test_grey_folders_train_on_one_channel(tmp_path):
+    """Every file grey (L, 16-bit I;16): one channel, and batches of [1, H, W]; one RGB file
+    among them: three. Fails with the channel count fixed at 3."""
+    grey = FolderSource(TrainConfig(data_dir=str(_grey_or_photo_folder(tmp_path / "g", 30, ["L", "L", "I;16", "L"])), **SMALL),
+                        workers=0, device="cpu")
+    assert grey.channels == 1 and grey.train.channels == 1
+    batch = next(grey.batches(EpochBatchSampler(grey.num_train, 2, 0)))
+    assert all(t.shape[0] == 1 for t in batch)
+    mixed = FolderSource(TrainConfig(data_dir=str(_grey_or_photo_folder(tmp_path / "m", 30, ["L", "RGB", "L"])), **SMALL),
+                         workers=0, device="cpu")
+    assert mixed.channels == 3
