@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
                   lr=args.lr, view_fraction=args.view_fraction, device=args.device, seed=args.seed, out=args.out,
                   eval_every_minutes=args.eval_every, checkpoint_every_minutes=args.checkpoint_every,
                   progress=not args.no_progress, val_dir=args.val, val_fraction=args.val_fraction,
-                  image_size=args.image_size, workers=args.workers, strict=args.strict)
+                  image_size=args.image_size, workers=args.workers, strict=args.strict, stream=args.stream)
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.epochs is not None:
         fields.update(epochs=args.epochs, minutes=None)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
     t.add_argument("--data", metavar="DIR",
                    help="instead of --dataset: an IDX folder (the four MNIST files), or a folder of JPEG / PNG / "
-                        "WebP images, streamed by loader workers; class subfolders give labels")
+                        "WebP images (decoded by loader workers; small ones once into memory); class subfolders give labels")
     t.add_argument("--val", metavar="DIR", help="image folder: a labelled folder with the classes of --data, for "
                                                 "kNN and linear-probe evaluation (without one, or --val-fraction, "
                                                 "the report gives health metrics only)")
@@ -195,14 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folder: hold out this fraction (0 < F < 1, a fixed seeded split) of a labelled "
                         "--data for evaluation instead of --val")
     t.add_argument("--image-size", type=_positive(int), metavar="N",
-                   help="image folder: the training views' side (default 64 for convnet, 224 for resnets; at "
-                        "least 8 and 32). Evaluation resizes the shorter side to round(N / 0.875) and "
-                        "centre-crops N (the standard 0.875 crop ratio)")
+                   help="image folder: the training views' side (at least 8 for convnet, 32 for resnets). "
+                        "Photos (median shorter side > 64 px): default 64 for convnet, 224 for resnets, the "
+                        "paper's views, and evaluation resizes the shorter side to round(N / 0.875) and "
+                        "centre-crops N (the standard 0.875 crop ratio). Small images: default --view-fraction "
+                        "of their side, the small-image views, and evaluation sees them whole (ratio 1)")
     t.add_argument("--workers", type=_non_negative_int, metavar="N",
                    help="image folder: loader processes per rank (default: the usable cores, less one per "
                         "rank, at least 1; 0: load in the main process)")
     t.add_argument("--strict", action="store_true",
                    help="image folder: stop at the first unreadable file (default: skip it with a warning)")
+    t.add_argument("--stream", action="store_true",
+                   help="image folder of small images (median side <= 64 px): decode every epoch in the loader "
+                        "workers instead of once into memory (default: into memory when it fits in 1 GiB)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), help="wall-time budget for training (default 10)")
     budget.add_argument("--epochs", type=_positive(float), help="train for this many epochs instead")
@@ -212,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
     t.add_argument("--lr", type=_positive(float), help="base learning rate per 256 images")
     t.add_argument("--view-fraction", type=_positive(float), metavar="F",
-                   help="IDX and --dataset: training views' side as a fraction of the images' (default 0.72; 1: full size)")
+                   help="IDX, --dataset and folders of small images: training views' side as a fraction of the images' (default 0.72; 1: full size)")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", metavar="DIR", help="where metrics, report, plot and checkpoint go (default runs/byol)")

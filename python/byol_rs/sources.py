@@ -50,6 +50,13 @@ EVAL_CROP_RATIO = 0.875
 #: solo-learn's CIFAR recipe do. A 0.875 centre crop of 28 px images costs 0.6 kNN points
 #: (benches/RESULTS.md).
 SMALL_IMAGES_UP_TO = 64
+#: A folder of small images whose decoded pixels fit in this many bytes is decoded once, by the
+#: loader workers, and trained from memory as an IDX set is (unless --stream): a 28 px PNG
+#: decodes in ~40 us, and a worker process beside the 2-thread step cost the Fashion-MNIST
+#: folder run 1/3 of its img/s (benches/RESULTS.md).
+MEMORY_BYTES = 1 << 30
+#: Images per loader batch when a folder is decoded into memory.
+DECODE_BATCH = 512
 #: PIL modes of one-channel files.
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 #: Training images whose features give the health metrics of a run with no labelled set.
@@ -316,6 +323,13 @@ def _open_folder(arg: str, root: str, strict: bool) -> ImageFolder:
         raise DatasetError(f"{arg}: {e}") from None
 
 
+def _select(images: Batch, positions: torch.Tensor) -> Batch:
+    """The images at ``positions`` of a decoded set: a tensor's rows, or a list's items."""
+    if isinstance(images, torch.Tensor):
+        return images[positions]
+    return [images[i] for i in positions.tolist()]
+
+
 def _is_idx_dir(root: str) -> bool:
     """A folder holding MNIST-layout IDX files (``*-idx1-ubyte``, ``*-idx3-ubyte``, gzipped or not)."""
     try:
@@ -392,11 +406,11 @@ class FolderSource(Source):
         if self.eval_set is not None:
             headers += self._check_sides("--val" if cfg.val_dir is not None else "--data", self.eval_set, least, cfg.backbone)
         # Grey folders train on one channel (a third of the pixels); any colour file makes it three.
-        self.channels = 1 if headers and all(mode in GREY_MODES for _, mode in headers) else 3
+        self.channels = 1 if headers and all(mode in GREY_MODES for _, _, mode in headers) else 3
         for folder in (self.train, self.eval_set):
             if folder is not None:
                 folder.channels = self.channels
-        shorter = sorted(side for side, _ in headers)
+        shorter = sorted(min(w, h) for w, h, _ in headers)
         median = shorter[len(shorter) // 2] if shorter else least
         self.small_images = median <= SMALL_IMAGES_UP_TO
         if self.small_images:
@@ -409,11 +423,18 @@ class FolderSource(Source):
         self.view_size = self.image_size
         self.small_image = self.image_size < SMALL_STEM_BELOW
         self.paper_views = not self.small_images
+        fits = sum(w * h for w, h, _ in headers) * self.channels <= MEMORY_BYTES
+        self.in_memory = self.small_images and fits and not cfg.stream
         self.mean, self.std, self.decode_seconds = self._mean_std()
+        if self.in_memory:  # the same images and statistics as streamed, so results do not depend on it
+            self._train_images, self._train_labels = self._decode_all(self.train)
+            if self.eval_set is not None:
+                self._eval_images, self._eval_labels = self._decode_all(self.eval_set)
+            self.decode_seconds = 0.0
 
     @staticmethod
-    def _check_sides(arg: str, folder: ImageFolder, least: int, backbone: str) -> List[Tuple[int, str]]:
-        """Each readable file's shorter side and PIL mode; refuses files whose shorter side is
+    def _check_sides(arg: str, folder: ImageFolder, least: int, backbone: str) -> List[Tuple[int, int, str]]:
+        """Each readable file's width, height and PIL mode; refuses files whose shorter side is
         below ``least``, from their headers (PIL's
         ``Image.open(...).size`` reads no pixels: ~30 us a file, about 40 s for ImageNet's 1.28M
         from a warm cache). A file whose header PIL cannot read is decoded: if that fails too it
@@ -438,7 +459,7 @@ class FolderSource(Source):
             if min(w, h) < least:
                 raise DatasetError(f"{arg}: {path} is {w}x{h} px; the {backbone} backbone needs images of at "
                                    f"least {least} px on the shorter side")
-            headers.append((min(w, h), mode))
+            headers.append((w, h, mode))
         return headers
 
     def _loader(self, dataset: torch.utils.data.Dataset, **kwargs: Any) -> torch.utils.data.DataLoader:
@@ -468,12 +489,34 @@ class FolderSource(Source):
         std = var.clamp_min(0).sqrt().clamp_min(1e-3)
         return mean.tolist(), std.tolist(), (time.perf_counter() - start) / len(positions)
 
-    def batches(self, sampler: EpochBatchSampler) -> Iterator[List[torch.Tensor]]:
+    def _decode_all(self, folder: ImageFolder) -> Tuple[Batch, torch.Tensor]:
+        """Every image of ``folder`` in order (a bad file's place taken by the next readable one,
+        as in a streamed batch) and its label: one tensor when all share a size, else a list."""
+        images: List[torch.Tensor] = []
+        labels = []
+        for batch, y in _iterate(self._loader(folder, batch_size=DECODE_BATCH, collate_fn=collate_images)):
+            images += [t.clone() for t in batch]  # own memory, not the batch's shared buffer
+            labels.append(y)
+        if len({t.shape for t in images}) == 1:
+            return torch.stack(images), torch.cat(labels)
+        return images, torch.cat(labels)
+
+    def _eval_view(self, images: Batch, positions: Sequence[int]) -> torch.Tensor:
+        """uint8 ``[N, C, S, S]``: the decoded images at ``positions`` as evaluation sees them."""
+        if isinstance(images, torch.Tensor):
+            return eval_transform(images[torch.as_tensor(list(positions))], self.eval_size, self.eval_ratio)
+        return torch.stack([eval_transform(images[i], self.eval_size, self.eval_ratio) for i in positions])
+
+    def batches(self, sampler: EpochBatchSampler) -> Iterator[Batch]:
+        if self.in_memory:
+            return (_select(self._train_images, sampler.indices(step)) for step in itertools.count(sampler.start_step))
         loader = self._loader(self.train, batch_sampler=sampler, collate_fn=collate_images,
                               persistent_workers=self.workers > 0, pin_memory=self.pin_memory)
         return (images for images, _ in _iterate(loader))
 
-    def probe_batch(self, n: int) -> List[torch.Tensor]:
+    def probe_batch(self, n: int) -> Batch:
+        if self.in_memory:
+            return _select(self._train_images, torch.as_tensor(_sample(self.num_train, n)))
         try:
             return [self.train[i][0] for i in _sample(self.num_train, n)]
         except ImageDecodeError as e:
@@ -490,6 +533,13 @@ class FolderSource(Source):
 
     def _embed(self, learners: Sequence["BYOL"], folder: ImageFolder,
                positions: List[int]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        if self.in_memory:
+            images, labels = ((self._train_images, self._train_labels) if folder is self.train
+                              else (self._eval_images, self._eval_labels))
+            x = self._eval_view(images, positions)
+            embedded = [embed_all(lambda b, l=learner: l.embed(model_input(b, self.mean, self.std, l.config["device"])).cpu(), x)
+                        for learner in learners]
+            return embedded, labels[torch.as_tensor(positions)]
         features: List[List[torch.Tensor]] = [[] for _ in learners]
         labels = []
         for images, y in self._eval_batches(folder, positions):
@@ -510,15 +560,17 @@ class FolderSource(Source):
     def describe(self) -> str:
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         evaluation = f"{self.num_eval} evaluation images ({self.eval_from})" if self.labelled else "no labelled set"
+        loading = "decoded into memory" if self.in_memory else f"{self.workers} loader workers"
         return (f"{self.root} ({self.num_train} training images, {kind}; {evaluation}; {self.image_size} px views; "
-                f"{self.workers} loader workers)")
+                f"{loading})")
 
     def report_fields(self) -> Dict[str, Any]:
         n, side = self.eval_size, eval_resize_side(self.eval_size, self.eval_ratio)
         return {"data": {
             "kind": "image folder", "root": self.root, "train_images": self.num_train,
             "classes": self.classes or None, "evaluation_set": self.eval_from or None,
-            "evaluation_images": self.num_eval, "image_size": n,
+            "evaluation_images": self.num_eval, "image_size": self.image_size, "eval_size": n,
+            "in_memory": self.in_memory,
             "eval_transform": f"resize the shorter side to round({n} / {self.eval_ratio}) = {side} px "
                               f"(antialiased bilinear), centre crop {n}x{n} (crop ratio {self.eval_ratio})",
             "recipe": "small images (median side <= 64 px): small-image views, whole images evaluated"

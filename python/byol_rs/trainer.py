@@ -37,7 +37,7 @@ ROWS_EVERY_SECONDS = 5.0
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
 # Config fields that do not change what a run computes, so a resumed run may change them.
 NOT_RESUME_CHECKED = ("minutes", "epochs", "progress", "out", "eval_every_minutes", "checkpoint_every_minutes",
-                      "device", "workers", "strict")
+                      "device", "workers", "strict", "stream")
 # report.json's final_loss and final_z_std: the means over this many last steps.
 FINAL_STEPS = 20
 # report.json and the summary name this many skipped files.
@@ -69,12 +69,14 @@ class TrainConfig:
     #: ``val_dir`` a labelled evaluation folder with the training classes, or ``val_fraction``
     #: of ``data_dir`` held out; ``image_size`` the views' side (None: 64 for the ConvNet, 224
     #: for ResNets); ``workers`` loader processes per rank (None: the cores less one);
-    #: ``strict`` stops at the first unreadable file instead of skipping it.
+    #: ``strict`` stops at the first unreadable file instead of skipping it; ``stream`` reads a
+    #: folder of small images through the loader every epoch even when it fits in memory.
     val_dir: Optional[str] = None
     val_fraction: Optional[float] = None
     image_size: Optional[int] = None
     workers: Optional[int] = None
     strict: bool = False
+    stream: bool = False
     warmup_fraction: float = 0.05
     device: str = "cpu"
     seed: int = 0

@@ -176,7 +176,7 @@ def test_folder_run_trains_reports_waits_and_skips(folders, capfd):
     record of skipped files not in shared memory (folder.py), or data_wait never accumulated."""
     out = folders / "run_val"
     code, stdout, stderr = _run(capfd, "--data", str(folders / "train"), "--val", str(folders / "val"),
-                                "--epochs", "2", "--workers", "1", "--out", str(out),
+                                "--epochs", "2", "--workers", "1", "--stream", "--out", str(out),
                                 *(a for a in CLI_SMALL if a != "--no-progress"))
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
@@ -232,14 +232,16 @@ def test_unlabelled_run_reports_health_metrics_only(folders, capfd):
 
 
 @expected_skips
-def test_interrupted_folder_run_resumes_bit_identically(folders):
+@pytest.mark.parametrize("stream", [True, False])
+def test_interrupted_folder_run_resumes_bit_identically(folders, stream):
     """Stopped after 5 steps and resumed from its checkpoint, a folder run (held-out split,
-    one loader worker) ends with the weights, optimizer state and losses of the run that was
-    never stopped. Fails with the resumed sampler started at step 0."""
-    cfg = dict(data_dir=str(folders / "train"), val_fraction=0.25, epochs=2, workers=1, **SMALL)
-    full = Trainer(TrainConfig(out=str(folders / "full"), **cfg))
+    one loader worker, streamed or decoded into memory) ends with the weights, optimizer state
+    and losses of the run that was never stopped, and streamed and in-memory runs end alike.
+    Fails with the resumed sampler started at step 0."""
+    cfg = dict(data_dir=str(folders / "train"), val_fraction=0.25, epochs=2, workers=1, stream=stream, **SMALL)
+    full = Trainer(TrainConfig(out=str(folders / f"full{stream}"), **cfg))
     full.train()
-    cut_cfg = TrainConfig(out=str(folders / "cut"), **cfg)
+    cut_cfg = TrainConfig(out=str(folders / f"cut{stream}"), **cfg)
     cut = Trainer(cut_cfg)
     real_step, calls = cut.learner.step, []
 
@@ -259,6 +261,13 @@ def test_interrupted_folder_run_resumes_bit_identically(folders):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
     assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
     assert resumed.learner.step_count == full.learner.step_count == 6
+    assert full.source.in_memory == (not stream)
+    _ENDS[stream] = a
+    if len(_ENDS) == 2:
+        assert all(torch.equal(_ENDS[True][k], _ENDS[False][k]) for k in a)
+
+
+_ENDS = {}
 
 
 def test_two_gloo_ranks_train_a_folder(folders):
@@ -268,7 +277,7 @@ def test_two_gloo_ranks_train_a_folder(folders):
     out = folders / "run_ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "byol_rs",
            "train", "--data", str(folders / "train"), "--val", str(folders / "val"), "--epochs", "1",
-           "--workers", "1", "--out", str(out), *CLI_SMALL]
+           "--workers", "1", "--stream", "--out", str(out), *CLI_SMALL]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
