@@ -1,16 +1,24 @@
 //! Full training state in one safetensors file: online and target weights, BN statistics,
-//! optimizer state, and (in the header's metadata) the config and counters as JSON.
+//! optimizer state, and (in the header's metadata) the config and each policy's counters as JSON.
 //! Writes go to a temporary file that is renamed into place, so a crash never leaves a torn file.
 use crate::config::LearnerConfig;
 use crate::error::{Error, Result};
-use crate::train::Learner;
+use crate::train::accumulate::Progress;
+use crate::train::guard::GuardState;
+use crate::train::scaler::ScalerState;
+use crate::train::{Learner, RunState};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-const FORMAT: &str = "byol_rs.checkpoint.v1";
+const FORMAT: &str = "byol_rs.checkpoint.v2";
+/// Counters as flat strings (`step`, `micro_step`, `skipped_steps`, `loss_scale`, `good_steps`);
+/// still read.
+const FORMAT_V1: &str = "byol_rs.checkpoint.v1";
 
 fn err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.display().to_string(), msg: msg.into() }
@@ -19,10 +27,10 @@ fn err(path: &Path, msg: impl Into<String>) -> Error {
 /// Every tensor of the training state under its checkpoint key.
 fn state_tensors(l: &Learner) -> Vec<(String, Tensor)> {
     let mut out = vec![];
-    for (prefix, flat) in [("online.", &l.params), ("online.", &l.buffers), ("target.", &l.target_params), ("target.", &l.target_buffers), ("grad.", &l.grads)] {
+    for (prefix, flat) in [("online.", l.params()), ("online.", l.buffers()), ("target.", l.target_params()), ("target.", l.target_buffers()), ("grad.", l.grads())] {
         out.extend(flat.named().map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone())));
     }
-    out.extend(l.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
+    out.extend(l.optimizer_state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
     out
 }
 
@@ -40,16 +48,16 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
 pub fn save(l: &Learner, path: &Path) -> Result<()> {
     let tensors = state_tensors(l);
     let mut header = Map::new();
+    let state = l.run_state();
+    // safetensors metadata maps strings to strings: each value is its own JSON text.
     let meta = json!({
         "format": FORMAT,
-        "config": l.config.to_json(),
-        "step": l.step.to_string(),
-        "micro_step": l.micro_step.to_string(),
-        "skipped_steps": l.skipped_steps.to_string(),
-        "loss_scale": l.loss_scale.to_string(),
-        "good_steps": l.good_steps.to_string(),
-        "replan": l.replan.map(|r| serde_json::to_string(&r).expect("replan serialises")).unwrap_or_default(),
-        "augment_rng": l.augment.as_ref().map(|a| serde_json::to_string(&a.rng).expect("rng serialises")).unwrap_or_default(),
+        "config": l.config().to_json(),
+        "progress": to_json(&state.progress),
+        "scaler": to_json(&state.scaler),
+        "guard": to_json(&state.guard),
+        "replan": state.replan.map(|r| to_json(&r)).unwrap_or_default(),
+        "augment_rng": state.augment_rng.map(|r| to_json(&r)).unwrap_or_default(),
     });
     header.insert("__metadata__".into(), meta);
     let mut data: Vec<u8> = vec![];
@@ -92,7 +100,7 @@ fn read_file(path: &Path) -> Result<(Map<String, Value>, HashMap<String, Tensor>
     let head = bytes.get(8..8usize.checked_add(n).ok_or_else(foreign)?).ok_or_else(|| err(path, "truncated header"))?;
     let Value::Object(mut header) = serde_json::from_slice(head).map_err(|_| foreign())? else { return Err(foreign()) };
     let meta = match header.remove("__metadata__") {
-        Some(Value::Object(m)) if m.get("format").and_then(Value::as_str) == Some(FORMAT) => m,
+        Some(Value::Object(m)) if matches!(m.get("format").and_then(Value::as_str), Some(FORMAT | FORMAT_V1)) => m,
         _ => return Err(err(path, format!("not a byol_rs checkpoint (metadata format is not {FORMAT})"))),
     };
     let body = &bytes[8 + n..];
@@ -124,12 +132,10 @@ fn read_file(path: &Path) -> Result<(Map<String, Value>, HashMap<String, Tensor>
 /// nothing is returned, so no half-loaded learner exists.
 pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::Dist>) -> Result<Learner> {
     let (meta, tensors) = read_file(path)?;
-    let field = |k: &str| meta.get(k).and_then(Value::as_str).ok_or_else(|| err(path, format!("metadata lacks {k}")));
-    let mut config = LearnerConfig::from_json(field("config")?).map_err(|e| err(path, format!("bad config: {e}")))?;
+    let mut config = LearnerConfig::from_json(field(&meta, "config", path)?).map_err(|e| err(path, format!("bad config: {e}")))?;
     if let Some(d) = device {
         config.device = d.to_string();
     }
-    let counter = |k: &str| -> Result<i64> { field(k)?.parse().map_err(|_| err(path, format!("bad {k}"))) };
     let mut learner = Learner::with_dist(config, dist)?;
     let expected = state_tensors(&learner);
     if expected.len() != tensors.len() {
@@ -143,21 +149,46 @@ pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::
         }
         t.shallow_clone().f_copy_(src)?;
     }
-    learner.step = counter("step")?;
-    learner.micro_step = counter("micro_step")?;
-    learner.skipped_steps = counter("skipped_steps")?;
-    // Absent from checkpoints written before fp16 support: keep the fresh learner's values.
-    if meta.contains_key("loss_scale") {
-        learner.loss_scale = field("loss_scale")?.parse().map_err(|_| err(path, "bad loss_scale"))?;
-        learner.good_steps = counter("good_steps")?;
+    let mut state = learner.run_state();
+    if meta.get("format").and_then(Value::as_str) == Some(FORMAT_V1) {
+        read_v1_counters(&meta, &mut state, path)?;
+    } else {
+        state.progress = parse(&meta, "progress", path)?;
+        state.scaler = parse(&meta, "scaler", path)?;
+        state.guard = parse(&meta, "guard", path)?;
     }
     // Absent from checkpoints written before continuous re-plans, and empty when none happened.
-    if let Some(r) = meta.get("replan").and_then(Value::as_str).filter(|r| !r.is_empty()) {
-        learner.replan = Some(serde_json::from_str(r).map_err(|e| err(path, format!("bad replan: {e}")))?);
+    if meta.get("replan").and_then(Value::as_str).is_some_and(|r| !r.is_empty()) {
+        state.replan = Some(parse(&meta, "replan", path)?);
     }
-    if let Some(aug) = learner.augment.as_mut() {
-        aug.rng = serde_json::from_str(field("augment_rng")?).map_err(|e| err(path, format!("bad augment_rng: {e}")))?;
+    if state.augment_rng.is_some() {
+        state.augment_rng = Some(parse(&meta, "augment_rng", path)?);
     }
-    learner.fork_rng_for_rank();
+    learner.restore(state);
     Ok(learner)
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+fn field<'a>(meta: &'a Map<String, Value>, key: &str, path: &Path) -> Result<&'a str> {
+    meta.get(key).and_then(Value::as_str).ok_or_else(|| err(path, format!("metadata lacks {key}")))
+}
+
+fn parse<T: DeserializeOwned>(meta: &Map<String, Value>, key: &str, path: &Path) -> Result<T> {
+    serde_json::from_str(field(meta, key, path)?).map_err(|e| err(path, format!("bad {key}: {e}")))
+}
+
+/// The counters as a v1 checkpoint holds them, one number per string.
+fn read_v1_counters(meta: &Map<String, Value>, state: &mut RunState, path: &Path) -> Result<()> {
+    let counter = |k: &str| -> Result<i64> { field(meta, k, path)?.parse().map_err(|_| err(path, format!("bad {k}"))) };
+    state.progress = Progress { step: counter("step")?, micro_step: counter("micro_step")? };
+    state.guard = GuardState { skipped_steps: counter("skipped_steps")? };
+    // Absent from checkpoints written before fp16 support: keep the fresh learner's values.
+    if meta.contains_key("loss_scale") {
+        let scale = field(meta, "loss_scale", path)?.parse().map_err(|_| err(path, "bad loss_scale"))?;
+        state.scaler = ScalerState { scale, good_steps: counter("good_steps")? };
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! averaging, SyncBN, agreeing on errors, config checks, broadcast) is built on it here.
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -27,13 +27,11 @@ pub struct Dist {
 /// Heap home of the collective, so that C++ autograd nodes can hold a stable pointer to it.
 pub struct CollectiveCell {
     comm: Arc<dyn Collective>,
-    /// The first error a collective inside a module's forward hit; forward cannot return one.
-    error: Mutex<Option<String>>,
 }
 
 impl Dist {
     pub fn new(comm: Arc<dyn Collective>, sync_bn: bool) -> Self {
-        Self { cell: Arc::new(CollectiveCell { comm, error: Mutex::new(None) }), sync_bn }
+        Self { cell: Arc::new(CollectiveCell { comm }), sync_bn }
     }
 
     pub fn rank(&self) -> i64 {
@@ -92,30 +90,11 @@ impl Dist {
     }
 
     /// An all-reduce that autograd differentiates: the gradient of a sum across ranks is the
-    /// sum across ranks of the gradients. Errors are recorded for `take_error`.
-    pub fn differentiable_all_reduce_sum(&self, t: &Tensor) -> Tensor {
+    /// sum across ranks of the gradients (SyncBN's statistics).
+    pub fn differentiable_all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         let state = Arc::as_ptr(&self.cell) as *const c_void;
-        match unsafe { crate::shim::all_reduce_autograd(t, all_reduce_callback, state) } {
-            Ok(out) => out,
-            Err(e) => {
-                self.record(e.to_string());
-                t.shallow_clone()
-            }
-        }
-    }
-
-    fn record(&self, msg: String) {
-        let mut slot = self.cell.error.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(msg);
-    }
-
-    /// The error a collective inside a forward pass hit, if any (cleared).
-    pub fn take_error(&self) -> Result<()> {
-        let msg = self.cell.error.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match msg {
-            Some(m) => Err(Error::Distributed(format!("a SyncBN all-reduce failed on rank {}: {m}", self.rank()))),
-            None => Ok(()),
-        }
+        unsafe { crate::shim::all_reduce_autograd(t, all_reduce_callback, state) }
+            .map_err(|e| Error::Distributed(format!("a SyncBN all-reduce failed on rank {}: {e}", self.rank())))
     }
 
     /// Sums `t` across ranks and divides by the world size, in place.
@@ -151,9 +130,6 @@ extern "C" fn all_reduce_callback(state: *const c_void, t: *mut C_tensor, err: *
     }
     1
 }
-
-/// The callback's C signature, shared with `shim/ops.cpp`.
-pub type TensorCallback = extern "C" fn(*const c_void, *mut C_tensor, *mut c_char, usize) -> c_int;
 
 #[cfg(test)]
 mod tests {
@@ -200,11 +176,10 @@ mod tests {
     fn differentiable_all_reduce_sums_forward_and_backward() {
         let d = Dist::new(Arc::new(FakePair { offset: 0.0 }), true);
         let x = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
-        let y = d.differentiable_all_reduce_sum(&x);
+        let y = d.differentiable_all_reduce_sum(&x).unwrap();
         assert_eq!(Vec::<f32>::try_from(&y).unwrap(), vec![2.0, 4.0]);
         (y * Tensor::from_slice(&[3.0f32, 5.0])).sum(Kind::Float).backward();
         // d/dx of sum_ranks(x) * c, with the upstream gradient c summed over both ranks.
         assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![6.0, 10.0]);
-        d.take_error().unwrap();
     }
 }

@@ -91,7 +91,7 @@ pub fn byol_loss_backward(grad: &Tensor, p: &Tensor, z: &Tensor, saved: &Tensor)
     let (pf, zf) = (as_f32(p)?, as_f32(z)?);
     let scale = grad.f_to_kind(Kind::Float)?.f_reshape([1])? * (-2.0 / n as f64);
     let g = if p.device() == Device::Cpu {
-        cpu::backward(&pf, &zf, saved, scale.double_value(&[0]) as f32)?
+        cpu::backward(&pf, &zf, saved, scale.f_double_value(&[0])? as f32)?
     } else {
         aten::backward(&pf, &zf, saved, &scale)?
     };

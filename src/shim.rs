@@ -1,6 +1,6 @@
 //! Safe wrappers over `shim/ops.cpp`: ATen ops that tch does not expose.
 use crate::error::Result;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -57,11 +57,16 @@ pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
     check(unsafe { byol_set_grad(param.as_ptr(), grad.as_ptr()) })
 }
 
+/// A collective the shim calls back into (`shim/ops.cpp`): `callback(state, t, err, err_len)`
+/// applies it to `t` in place, taking ownership of the handle; nonzero means failure, with a
+/// message in `err`.
+pub type TensorCallback = extern "C" fn(*const c_void, *mut C_tensor, *mut c_char, usize) -> c_int;
+
 extern "C" {
     fn byol_all_reduce_autograd(
         x: *const C_tensor,
-        callback: crate::distributed::TensorCallback,
-        state: *const std::ffi::c_void,
+        callback: TensorCallback,
+        state: *const c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
 }
@@ -71,7 +76,7 @@ extern "C" {
 ///
 /// # Safety
 /// `state` must stay valid for as long as the returned tensor's graph can be backpropagated.
-pub unsafe fn all_reduce_autograd(x: &Tensor, callback: crate::distributed::TensorCallback, state: *const std::ffi::c_void) -> Result<Tensor> {
+pub unsafe fn all_reduce_autograd(x: &Tensor, callback: TensorCallback, state: *const c_void) -> Result<Tensor> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     check(byol_all_reduce_autograd(x.as_ptr(), callback, state, &mut out))?;
     Ok(Tensor::from_ptr(out))

@@ -25,12 +25,12 @@ fn views() -> (Tensor, Tensor) {
 #[test]
 fn target_starts_equal_and_moves_after_a_step() {
     let mut l = tiny();
-    let k = l.target_params.views.len();
-    assert!(l.params.views[..k].iter().zip(&l.target_params.views).all(|(a, b)| a.equal(b)));
+    let k = l.target_params().views.len();
+    assert!(l.params().views[..k].iter().zip(&l.target_params().views).all(|(a, b)| a.equal(b)));
     let (a, b) = views();
     let m = l.step(&a, &b).unwrap();
     assert!(m.updated && m.step == 1 && m.loss.value().unwrap().is_finite());
-    assert!(!l.params.views[0].equal(&l.target_params.views[0]));
+    assert!(!l.params().views[0].equal(&l.target_params().views[0]));
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn a_batch_of_one_is_rejected_without_changing_the_step() {
     let (a, b) = views();
     let err = l.step(&a.narrow(0, 0, 1), &b.narrow(0, 0, 1)).err().unwrap();
     assert!(err.to_string().starts_with("view1: training needs a batch of at least 2"), "{err}");
-    assert_eq!(l.step, 0);
+    assert_eq!(l.step_count(), 0);
 }
 
 #[test]
@@ -51,6 +51,6 @@ fn checkpoint_round_trip_restores_weights_and_counters() {
     byol_rs::checkpoint::save(&l, &path).unwrap();
     let r = byol_rs::checkpoint::load(&path, None, None).unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(r.step, 1);
-    assert!(r.params.views.iter().zip(&l.params.views).all(|(x, y)| x.equal(y)));
+    assert_eq!(r.step_count(), 1);
+    assert!(r.params().views.iter().zip(&l.params().views).all(|(x, y)| x.equal(y)));
 }

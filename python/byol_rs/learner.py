@@ -1,4 +1,4 @@
-"""``byol_rs.BYOL``: the learner. A thin wrapper over the Rust engine (src/train.rs)."""
+"""``byol_rs.BYOL``: the learner. A thin wrapper over the Rust engine (src/train/)."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ fn unit_source(images: &Tensor, layout: Layout, check: bool, arg: &str) -> Resul
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
             let x = x.f_to_kind(Kind::Float)?;
             if check {
-                let (lo, hi) = (x.f_min()?.double_value(&[]), x.f_max()?.double_value(&[]));
+                let (lo, hi) = (x.f_min()?.f_double_value(&[])?, x.f_max()?.f_double_value(&[])?);
                 if !(lo >= 0.0 && hi <= 1.0) {
                     return Err(value_error(arg, format!("float images must lie in [0, 1] (got min {lo}, max {hi}); pass uint8 0-255 or scale first, or check=False")));
                 }

@@ -31,9 +31,9 @@ fn new_error(class: &str, msg: String) -> PyErr {
     })
 }
 
-/// Runs `f` with the GIL released; engine errors and panics come back as Python exceptions. A
-/// panic is a `ByolRuntimeError`: a libtorch failure inside a call that cannot return one (tch's
-/// non-`f_` methods panic on it, out of memory among them), or a bug.
+/// Runs `f` with the GIL released; engine errors come back as Python exceptions. The engine
+/// returns libtorch's failures (out of memory among them) as errors, so a panic is a bug: it is
+/// caught as a last resort and raised as a `ByolRuntimeError`.
 pub fn run<T: Send, F: FnOnce() -> crate::Result<T> + Send>(py: Python<'_>, f: F) -> PyResult<T> {
     // Autograd's mode is per thread, and Python's: put it back as it was if `f` panicked.
     let grad_enabled = unsafe { torch_sys::at_grad_set_enabled(1) };
@@ -48,12 +48,7 @@ pub fn run<T: Send, F: FnOnce() -> crate::Result<T> + Send>(py: Python<'_>, f: F
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            let msg = if msg.contains("Torch(") || msg.contains("TchError") {
-                format!("libtorch: {msg}")
-            } else {
-                format!("internal error in byol_rs (please report): {msg}")
-            };
-            Err(new_error("ByolRuntimeError", msg))
+            Err(new_error("ByolRuntimeError", format!("internal error in byol_rs (please report): {msg}")))
         }
     }
 }

@@ -131,23 +131,23 @@ impl PyLearner {
     }
 
     fn named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| shared(&l.params)))
+        named(py, self.with(|l| shared(l.params())))
     }
 
     fn target_named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| shared(&l.target_params)))
+        named(py, self.with(|l| shared(l.target_params())))
     }
 
     fn named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| shared(&l.buffers)))
+        named(py, self.with(|l| shared(l.buffers())))
     }
 
     fn target_named_buffers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| shared(&l.target_buffers)))
+        named(py, self.with(|l| shared(l.target_buffers())))
     }
 
     fn optimizer_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        named(py, self.with(|l| l.optimizer.state()))
+        named(py, self.with(|l| l.optimizer_state()))
     }
 
     fn backbone_state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -157,24 +157,24 @@ impl PyLearner {
 
     /// The resolved config as JSON.
     fn config_json(&self) -> String {
-        self.with(|l| l.config.to_json())
+        self.with(|l| l.config().to_json())
     }
 
     /// `(rank, world_size)`; `(0, 1)` outside a data-parallel run.
     #[getter]
     fn rank_world(&self) -> (i64, i64) {
-        self.with(|l| l.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size())))
+        self.with(|l| l.dist().map_or((0, 1), |d| (d.rank(), d.world_size())))
     }
 
     /// Updates done so far; waits for the device's pending checks first.
     #[getter]
     fn step_count(&self, py: Python<'_>) -> PyResult<i64> {
-        run(py, || self.with(|l| l.settle(true).map(|_| l.step)))
+        run(py, || self.with(|l| l.settle(true).map(|_| l.step_count())))
     }
 
     #[getter]
     fn skipped_steps(&self, py: Python<'_>) -> PyResult<i64> {
-        run(py, || self.with(|l| l.settle(true).map(|_| l.skipped_steps)))
+        run(py, || self.with(|l| l.settle(true).map(|_| l.skipped_steps())))
     }
 
     /// Waits until the device has checked every step so far; raises the pending non-finite

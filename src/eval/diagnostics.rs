@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 /// Mean over dimensions of the std over samples of the l2-normalised embeddings
 /// (solo-learn's z_std): 1/sqrt(D) for well-spread embeddings, 0 at collapse.
 pub fn z_std(z: &Tensor) -> Result<f64> {
-    Ok(z_std_on_device(z)?.double_value(&[]))
+    Ok(z_std_on_device(z)?.f_double_value(&[])?)
 }
 
 /// `z_std` as a 0-d float tensor on `z`'s device: no host synchronisation.
@@ -24,13 +24,13 @@ pub fn effective_rank(z: &Tensor) -> Result<f64> {
     // wrapper always passes a driver, which CPU libtorch rejects).
     let z = z.f_to_kind(Kind::Double)?;
     let s = z.f_tr()?.f_matmul(&z)?.f_linalg_eigvalsh("L")?.f_clamp_min(0.0)?.f_sqrt()?;
-    let total = s.f_sum(Kind::Double)?.double_value(&[]);
+    let total = s.f_sum(Kind::Double)?.f_double_value(&[])?;
     if !(total > 0.0) {
         return Ok(0.0); // all-zero embeddings: fully collapsed
     }
     let p = s.f_div_scalar(total)?;
     let entropy = p.f_mul(&p.f_clamp_min(1e-300)?.f_log()?)?.f_sum(Kind::Double)?.f_neg()?;
-    Ok(entropy.f_exp()?.double_value(&[]))
+    Ok(entropy.f_exp()?.f_double_value(&[])?)
 }
 
 fn check(z: &Tensor) -> Result<()> {

@@ -35,7 +35,7 @@ pub fn knn_predict(train: &Tensor, train_labels: &Tensor, queries: &Tensor, cfg:
     let _guard = tch::no_grad_guard();
     let bank = l2_normalize(train)?;
     let labels = labels.f_to_device(bank.device())?;
-    let classes = labels.f_max()?.int64_value(&[]) + 1;
+    let classes = labels.f_max()?.f_int64_value(&[])? + 1;
     let k = cfg.k.min(bank.size()[0]);
     let q = l2_normalize(&queries.f_to_device(bank.device())?)?;
     let mut preds = vec![];
@@ -56,5 +56,5 @@ pub fn knn_predict(train: &Tensor, train_labels: &Tensor, queries: &Tensor, cfg:
 pub fn knn_accuracy(train: &Tensor, train_labels: &Tensor, test: &Tensor, test_labels: &Tensor, cfg: KnnConfig) -> Result<f64> {
     let test_labels = check_features(test, test_labels, "test")?;
     let preds = knn_predict(train, train_labels, test, cfg)?;
-    Ok(preds.f_eq_tensor(&test_labels.f_to_device(preds.device())?)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.double_value(&[]))
+    Ok(preds.f_eq_tensor(&test_labels.f_to_device(preds.device())?)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?)
 }

@@ -57,8 +57,8 @@ impl Problem<'_> {
         let n = self.x.size()[0] as f64;
         let logits = self.x.f_matmul(&w)?.f_add(&b)?;
         let logp = logits.f_log_softmax(1, Kind::Double)?;
-        let nll = -logp.f_mul(&self.onehot)?.f_sum(Kind::Double)?.double_value(&[]) / n;
-        let penalty = 0.5 * self.lambda * w.f_square()?.f_sum(Kind::Double)?.double_value(&[]);
+        let nll = -logp.f_mul(&self.onehot)?.f_sum(Kind::Double)?.f_double_value(&[])? / n;
+        let penalty = 0.5 * self.lambda * w.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
         let g = logp.f_exp()?.f_sub(&self.onehot)?.f_div_scalar(n)?;
         let gw = self.x.f_tr()?.f_matmul(&g)?.f_add(&w.f_mul_scalar(self.lambda)?)?;
         let gb = g.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?;
@@ -67,7 +67,7 @@ impl Problem<'_> {
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok(a.f_dot(b)?.double_value(&[]))
+    Ok(a.f_dot(b)?.f_double_value(&[])?)
 }
 
 /// Minimises the problem with L-BFGS (10 pairs of history, Armijo backtracking with
@@ -77,7 +77,7 @@ fn lbfgs(p: &Problem, max_iter: i64, tol: f64) -> Result<Tensor> {
     let (mut f, mut g) = p.eval(&theta)?;
     let mut history: Vec<(Tensor, Tensor, f64)> = vec![];
     for _ in 0..max_iter {
-        if g.f_abs()?.f_max()?.double_value(&[]) < tol {
+        if g.f_abs()?.f_max()?.f_double_value(&[])? < tol {
             break;
         }
         // Two-loop recursion: direction = -H g.
@@ -91,7 +91,7 @@ fn lbfgs(p: &Problem, max_iter: i64, tol: f64) -> Result<Tensor> {
         if let Some((s, y, _)) = history.last() {
             q = q.f_mul_scalar(dot(s, y)? / dot(y, y)?)?;
         } else {
-            q = q.f_div_scalar(g.f_norm()?.double_value(&[]).max(1e-12))?;
+            q = q.f_div_scalar(g.f_norm()?.f_double_value(&[])?.max(1e-12))?;
         }
         for ((s, y, rho), a) in history.iter().zip(alphas.iter().rev()) {
             let beta = rho * dot(y, &q)?;
@@ -144,7 +144,7 @@ fn fit_one(x: &Tensor, y: &Tensor, classes: i64, c: f64, cfg: &ProbeConfig) -> R
 
 fn accuracy(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor) -> Result<f64> {
     let pred = x.f_matmul(w)?.f_add(b)?.f_argmax(1, false)?;
-    Ok(pred.f_eq_tensor(y)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.double_value(&[]))
+    Ok(pred.f_eq_tensor(y)?.f_to_kind(Kind::Double)?.f_mean(Kind::Double)?.f_double_value(&[])?)
 }
 
 /// Features as f64 on the CPU, their per-dimension mean and std, and the standardised features.
@@ -183,7 +183,7 @@ impl LinearProbe {
         }
         let _guard = tch::no_grad_guard();
         let (mean, std, x) = standardise_fit(features)?;
-        let classes = y.f_max()?.int64_value(&[]) + 1;
+        let classes = y.f_max()?.f_int64_value(&[])? + 1;
         let n_val = ((n as f64 * cfg.val_fraction).round() as i64).clamp(1, n - 1);
         let perm = shuffled(n, cfg.seed);
         let (val_idx, fit_idx) = (perm.f_narrow(0, 0, n_val)?, perm.f_narrow(0, n_val, n - n_val)?);
@@ -209,7 +209,7 @@ impl LinearProbe {
         }
         let _guard = tch::no_grad_guard();
         let (mean, std, x) = standardise_fit(features)?;
-        let classes = y.f_max()?.int64_value(&[]) + 1;
+        let classes = y.f_max()?.f_int64_value(&[])? + 1;
         let (weight, bias) = fit_one(&x, &y, classes, c, cfg)?;
         Ok(Self { mean, std, weight, bias, c, val_accuracy: vec![] })
     }

@@ -23,7 +23,7 @@ pub(crate) fn check_features(features: &Tensor, labels: &Tensor, arg: &str) -> R
         return Err(value_error(&label_arg, format!("expected integer class labels, got {:?}", labels.kind())));
     }
     let labels = labels.f_to_kind(Kind::Int64)?;
-    if labels.f_min()?.int64_value(&[]) < 0 {
+    if labels.f_min()?.f_int64_value(&[])? < 0 {
         return Err(value_error(&label_arg, "labels must be >= 0"));
     }
     Ok(labels)

@@ -3,7 +3,7 @@
 //! bottleneck with the stride on the 3x3 conv). The classifier `fc` is left out.
 use crate::error::{value_error, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 use super::conv::Conv;
 use super::norm::{norm, Norm, SyncHandle};
@@ -75,18 +75,18 @@ impl Block {
             .then(|| (Conv::new(p / "downsample" / "0", c_in, c_out, 1, stride, 0), bn(p / "downsample" / "1", c_out, sync)))
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let skip = match &self.downsample {
-            Some((c, b)) => b.forward_act(&x.apply(c), train, None, false),
+            Some((c, b)) => b.forward_act(&c.forward(x)?, train, None, false)?,
             None => x.shallow_clone(),
         };
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, (c, b)) in self.convs.iter().enumerate() {
             // The last BN takes the shortcut and the block's ReLU into its fused op.
-            h = b.forward_act(&h.apply(c), train, (i == last).then_some(&skip), true);
+            h = b.forward_act(&c.forward(&h)?, train, (i == last).then_some(&skip), true)?;
         }
-        h
+        Ok(h)
     }
 }
 
@@ -160,26 +160,33 @@ fn convnet(p: &nn::Path, in_channels: i64, sync: Option<&SyncHandle>) -> Backbon
     Backbone::ConvNet { blocks }
 }
 
-// ReLU runs before max-pool, fused with the BN before it (`Norm::forward_act`); the two
-// commute exactly, values and gradients alike.
-impl ModuleT for Backbone {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl Backbone {
+    /// The features `[N, feature_dim]`. ReLU runs before max-pool, fused with the BN before it
+    /// (`Norm::forward_act`); the two commute exactly, values and gradients alike.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = match self {
             Backbone::ResNet { stem, max_pool, blocks } => {
-                let mut h = stem.1.forward_act(&x.apply(&stem.0), train, None, true);
+                let mut h = stem.1.forward_act(&stem.0.forward(x)?, train, None, true)?;
                 if *max_pool {
-                    h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+                    h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
                 }
-                blocks.iter().fold(h, |h, b| b.forward_t(&h, train))
+                for b in blocks {
+                    h = b.forward(&h, train)?;
+                }
+                h
             }
             Backbone::ConvNet { blocks } => {
                 let last = blocks.len() - 1;
-                blocks.iter().enumerate().fold(x.shallow_clone(), |h, (i, (c, b))| {
-                    let h = b.forward_act(&h.apply(c), train, None, true);
-                    if i < last { h.max_pool2d_default(2) } else { h }
-                })
+                let mut h = x.shallow_clone();
+                for (i, (c, b)) in blocks.iter().enumerate() {
+                    h = b.forward_act(&c.forward(&h)?, train, None, true)?;
+                    if i < last {
+                        h = h.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+                    }
+                }
+                h
             }
         };
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        Ok(h.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
     }
 }

@@ -7,7 +7,8 @@
 use super::switched_on;
 use crate::shim;
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::nn::{self, Init, Module};
+use crate::error::Result;
+use tch::nn::{self, Init};
 use tch::Tensor;
 
 /// `BYOL_RS_WINOGRAD=0` keeps every convolution on ATen, for PyTorch's own kernels and summation
@@ -27,7 +28,9 @@ const CONV_INIT: Init = Init::Kaiming {
 /// A bias-free convolution with torchvision's init (the weight is `<path>.weight`).
 #[derive(Debug)]
 pub struct Conv {
-    layer: nn::Conv2D,
+    ws: Tensor,
+    stride: i64,
+    padding: i64,
     /// 3x3, stride 1, padding 1: a shape the Winograd op computes.
     winograd_shape: bool,
 }
@@ -35,19 +38,18 @@ pub struct Conv {
 impl Conv {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Self {
         let cfg = nn::ConvConfig { stride, padding, bias: false, ws_init: CONV_INIT, ..Default::default() };
-        Self { layer: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shape: (k, stride, padding) == (3, 1, 1) }
+        Self { ws: nn::conv2d(p, c_in, c_out, k, cfg).ws, stride, padding, winograd_shape: (k, stride, padding) == (3, 1, 1) }
     }
-}
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let small = x.dim() == 4 && x.size()[2] * x.size()[3] <= WINOGRAD_MAX_PIXELS;
         if self.winograd_shape && small && switched_on(WINOGRAD_ENV) {
             // None: not fp32 CPU NHWC with even sides, or autocast is on.
-            if let Ok(Some(y)) = shim::winograd_conv3x3(x, &self.layer.ws) {
-                return y;
+            if let Ok(Some(y)) = shim::winograd_conv3x3(x, &self.ws) {
+                return Ok(y);
             }
         }
-        self.layer.forward(x)
+        let (s, p) = (self.stride, self.padding);
+        Ok(x.f_conv2d::<Tensor>(&self.ws, None, [s, s], [p, p], [1, 1], 1)?)
     }
 }

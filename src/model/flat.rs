@@ -1,5 +1,6 @@
-//! Named tensors re-homed as consecutive views of one flat buffer (NOTES.md), so that the EMA,
-//! gradient zeroing and all-reduce are each one kernel over all parameters.
+//! Named tensors re-homed as consecutive views of one flat buffer, so that the EMA, gradient
+//! zeroing and all-reduce are each one kernel over all parameters instead of one per tensor
+//! (a ResNet-50 backbone alone has 159 parameter tensors).
 use crate::error::Result;
 use tch::{Device, Kind, Tensor};
 

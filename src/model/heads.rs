@@ -1,6 +1,7 @@
 //! The projector g and predictor q: Linear-BN-ReLU-Linear (paper section 3.3, 4096 / 256).
 //! Module indices 0, 1, 3 match `nn.Sequential(Linear, BatchNorm1d, ReLU, Linear)`.
-use tch::nn::{self, ModuleT};
+use crate::error::Result;
+use tch::nn;
 use tch::Tensor;
 use super::norm::{norm, Norm, SyncHandle};
 
@@ -19,8 +20,10 @@ pub fn mlp(p: &nn::Path, in_dim: i64, hidden: i64, out: i64, sync: Option<&SyncH
     }
 }
 
-impl ModuleT for Mlp {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_act(&x.apply(&self.hidden), train, None, true).apply(&self.out)
+impl Mlp {
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = x.f_linear(&self.hidden.ws, self.hidden.bs.as_ref())?;
+        let h = self.bn.forward_act(&h, train, None, true)?;
+        Ok(h.f_linear(&self.out.ws, self.out.bs.as_ref())?)
     }
 }

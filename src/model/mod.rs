@@ -1,5 +1,6 @@
 //! The networks: backbones with torchvision's layout, MLP heads, and the online/target pair.
 pub mod backbone;
+pub mod byol;
 pub mod conv;
 pub mod flat;
 pub mod heads;

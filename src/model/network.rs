@@ -4,7 +4,7 @@ use super::heads::{mlp, Mlp};
 use super::norm::SyncHandle;
 use crate::error::{value_error, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,15 +61,15 @@ pub fn network(p: &nn::Path, cfg: &NetworkConfig, with_predictor: bool, sync: Op
 
 impl Network {
     /// `z = g(f(x))`.
-    pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
-        self.projector.forward_t(&self.backbone.forward_t(x, train), train)
+    pub fn project(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.projector.forward(&self.backbone.forward(x, train)?, train)
     }
 
     /// `q(z)`; the target network has no predictor and returns `z` unchanged.
-    pub fn predict(&self, z: &Tensor, train: bool) -> Tensor {
+    pub fn predict(&self, z: &Tensor, train: bool) -> Result<Tensor> {
         match &self.predictor {
-            Some(q) => q.forward_t(z, train),
-            None => z.shallow_clone(),
+            Some(q) => q.forward(z, train),
+            None => Ok(z.shallow_clone()),
         }
     }
 }

@@ -281,7 +281,7 @@ def test_two_gloo_ranks_train_a_folder(folders):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        stdout, stderr = p.communicate(timeout=60)
+        stdout, stderr = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         p.terminate()  # torchrun's agent passes it on to the ranks, then kills them after 30 s
         stdout, stderr = p.communicate(timeout=90)
