@@ -169,12 +169,14 @@ def test_val_fraction_holds_out_a_fixed_disjoint_part(folders):
     assert split(5) == (train, held_out)
 
 
-def test_folder_run_trains_reports_waits_and_skips(folders, capfd):
+def test_folder_run_trains_reports_waits_and_skips(folders, capfd, monkeypatch):
     """A labelled run with --val: exit 0, kNN and linear numbers, the data-wait fields, every bad
     file skipped with a one-line warning naming it and counted in report.json (also those met by
     a loader worker) and in the summary; the progress line shows the wait. Fails with the
     record of skipped files not in shared memory (folder.py), or data_wait never accumulated."""
     out = folders / "run_val"
+    # plain progress lines on stdout even where an earlier test imported ipykernel (tqdm otherwise)
+    monkeypatch.setattr("byol_rs.progress._interactive", lambda stream: False)
     code, stdout, stderr = _run(capfd, "--data", str(folders / "train"), "--val", str(folders / "val"),
                                 "--epochs", "2", "--workers", "1", "--stream", "--out", str(out),
                                 *(a for a in CLI_SMALL if a != "--no-progress"))
