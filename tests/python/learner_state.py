@@ -22,3 +22,28 @@ def assert_same(a, b):
             assert torch.equal(a[k], b[k]), k
         else:
             assert a[k] == b[k], k
+
+
+def trainer_weights(trainer):
+    """A trainer's online weights, target weights and optimizer state, by prefixed name."""
+    l = trainer.learner
+    return {**l.named_parameters(), **{"t." + k: v for k, v in l.target_named_parameters().items()},
+            **{"o." + k: v for k, v in l.optimizer_state().items()}}
+
+
+def train_until_interrupted(trainer, steps):
+    """Runs ``trainer.train()`` and raises KeyboardInterrupt before its step ``steps + 1``, as
+    Ctrl-C between two steps does; the trainer saves its checkpoint on the way out."""
+    import pytest
+
+    real_step, calls = trainer.learner.step, []
+
+    def step_then_interrupt(images):
+        if len(calls) == steps:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_step(images)
+
+    trainer.learner.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()

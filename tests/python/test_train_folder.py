@@ -27,6 +27,7 @@ from byol_rs.cli import main  # noqa: E402
 from byol_rs.data import ImageFolder  # noqa: E402
 from byol_rs.sources import EpochBatchSampler, FolderSource, eval_transform  # noqa: E402
 from byol_rs.trainer import TrainConfig, Trainer, TrainError  # noqa: E402
+from learner_state import train_until_interrupted, trainer_weights  # noqa: E402
 
 PHOTOS = {"cat": skimage.data.chelsea, "coffee": skimage.data.coffee, "rocket": skimage.data.rocket}
 FORMATS = ((".jpg", "RGB", {"quality": 90}), (".png", "L", {}), (".webp", "RGB", {"lossless": True}),
@@ -81,12 +82,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _weights(trainer):
-    l = trainer.learner
-    return {**l.named_parameters(), **{"t." + k: v for k, v in l.target_named_parameters().items()},
-            **{"o." + k: v for k, v in l.optimizer_state().items()}}
 
 
 def _run(capfd, *args):
@@ -245,21 +240,11 @@ def test_interrupted_folder_run_resumes_bit_identically(folders, stream):
     full.train()
     cut_cfg = TrainConfig(out=str(folders / f"cut{stream}"), **cfg)
     cut = Trainer(cut_cfg)
-    real_step, calls = cut.learner.step, []
-
-    def step_then_interrupt(images):
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # what Ctrl-C does between two steps
-        calls.append(1)
-        return real_step(images)
-
-    cut.learner.step = step_then_interrupt
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
+    train_until_interrupted(cut, 5)
     resumed = Trainer(cut_cfg, resume=True)
     assert resumed.learner.step_count == 5
     resumed.train()
-    a, b = _weights(full), _weights(resumed)
+    a, b = trainer_weights(full), trainer_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
     assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
     assert resumed.learner.step_count == full.learner.step_count == 6

@@ -15,15 +15,10 @@ import byol_rs
 
 from byol_rs.cli import main
 from byol_rs.trainer import TrainConfig, Trainer, TrainError, view_size
+from learner_state import train_until_interrupted, trainer_weights
 
 TINY = dict(dataset="digits", batch_size=128, projector_hidden=64, projection_dim=32,
             progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
-
-
-def _weights(trainer):
-    l = trainer.learner
-    return {**l.named_parameters(), **{"t." + k: v for k, v in l.target_named_parameters().items()},
-            **{"o." + k: v for k, v in l.optimizer_state().items()}}
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -32,21 +27,11 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
     cfg = TrainConfig(epochs=3, out=str(tmp_path / "cut"), **TINY)
     cut = Trainer(cfg)
-    real_step, calls = cut.learner.step, []
-
-    def step_then_interrupt(batch):
-        if len(calls) == 13:
-            raise KeyboardInterrupt  # what Ctrl-C does between two steps
-        calls.append(1)
-        return real_step(batch)
-
-    cut.learner.step = step_then_interrupt
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
+    train_until_interrupted(cut, 13)
     resumed = Trainer(cfg, resume=True)
     assert resumed.learner.step_count == 13
     resumed.train()
-    a, b = _weights(full), _weights(resumed)
+    a, b = trainer_weights(full), trainer_weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical on CPU
@@ -216,7 +201,7 @@ def _resume_and_compare(tmp_path, out):
     resumed.train()
     full = Trainer(TrainConfig(out=str(tmp_path / "full"), progress=False, **KILL_RUN))
     full.train()
-    a, b = _weights(full), _weights(resumed)
+    a, b = trainer_weights(full), trainer_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
     assert _csv_steps(out) == list(range(1, full.total_steps + 1))  # no row lost or doubled
     assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
