@@ -11,6 +11,7 @@ pub mod distributed;
 pub mod ema;
 pub mod error;
 pub mod eval;
+pub mod huge_pages;
 pub mod loss;
 pub mod model;
 pub mod optim;

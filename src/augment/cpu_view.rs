@@ -126,7 +126,7 @@ pub fn views_cpu(parts: &[Tensor], plans: [ViewPlan<'_>; 2], pipe: &Pipeline<'_>
     let src = Source::new(parts);
     let (n, c) = (src.images.len(), parts[0].size()[1] as usize);
     let (oh, ow) = (pipe.size.0 as usize, pipe.size.1 as usize);
-    let empty = || Tensor::f_empty([n as i64, c as i64, pipe.size.0, pipe.size.1], (Kind::Float, Device::Cpu));
+    let empty = || crate::huge_pages::empty_cpu(&[n as i64, c as i64, pipe.size.0, pipe.size.1], Kind::Float);
     let (v1, v2) = (empty()?, empty()?);
     let dst = [Ptr(v1.data_ptr() as *mut f32), Ptr(v2.data_ptr() as *mut f32)];
     let sample_len = c * oh * ow;

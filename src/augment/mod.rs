@@ -7,6 +7,7 @@ pub mod ops;
 pub mod params;
 pub mod rng;
 mod resample;
+mod transpose;
 
 use crate::error::{value_error, Result};
 use config::{AugmentConfig, ViewConfig};

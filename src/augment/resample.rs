@@ -4,6 +4,7 @@
 //! normalisation in fp32 as ATen does, the horizontal pass over the crop's rows, then the
 //! vertical pass, each sum in tap order. Agrees with the ATen path to float rounding.
 use super::params::CropBox;
+use super::transpose::transpose;
 use crate::error::Result;
 use crate::parallel::{parallel_rows, Ptr};
 use tch::{Device, Kind, Tensor};
@@ -102,8 +103,12 @@ pub(super) struct CropFilter {
 /// Per-thread buffers for `CropFilter::resample`, reused from image to image.
 #[derive(Default)]
 pub(super) struct CropScratch {
+    /// `[LANES][width]`: crop rows as read.
     row: Vec<f32>,
+    /// `[width][LANES]`: the same rows, transposed.
     tile: Vec<f32>,
+    /// `[out_w][LANES]`: the horizontal sums of one block of rows.
+    sums: Vec<f32>,
     rows: Vec<f32>,
 }
 
@@ -132,24 +137,24 @@ impl CropFilter {
         } else {
             // Horizontal pass, LANES crop rows at a time: the rows are transposed into `tile`
             // (`[cw][LANES]`), so each output column sums its taps over whole vectors of rows.
-            scratch.row.resize(cw, 0.0);
+            // Both transposes gather along the strided axis and store whole vectors, which is
+            // about twice as fast as scattering one value at a time.
+            scratch.row.resize(LANES * cw, 0.0);
             scratch.tile.resize(cw * LANES, 0.0);
+            scratch.sums.resize(ow * LANES, 0.0);
             for y0 in (0..ch).step_by(LANES) {
                 let here = LANES.min(ch - y0);
+                // Rows past `here` hold stale values; their sums are never stored.
                 for r in 0..here {
-                    read_row(y0 + r, &mut scratch.row);
-                    for (x, &v) in scratch.row.iter().enumerate() {
-                        scratch.tile[x * LANES + r] = v;
-                    }
+                    read_row(y0 + r, &mut scratch.row[r * cw..][..cw]);
                 }
+                transpose(&scratch.row, cw, &mut scratch.tile, LANES, cw, LANES);
                 let tile = &scratch.tile;
-                for o in 0..ow {
+                for (o, sums) in scratch.sums.chunks_exact_mut(LANES).enumerate() {
                     let wts = &tx.weights[o * tx.width..][..tx.count[o]];
-                    let acc = weighted_block::<LANES>(wts, |k| tile[(tx.first[o] + k) * LANES..][..LANES].try_into().expect("LANES values"));
-                    for (r, &a) in acc[..here].iter().enumerate() {
-                        scratch.rows[(y0 + r) * ow + o] = a;
-                    }
+                    sums.copy_from_slice(&weighted_block::<LANES>(wts, |k| tile[(tx.first[o] + k) * LANES..][..LANES].try_into().expect("LANES values")));
                 }
+                transpose(&scratch.sums, LANES, &mut scratch.rows[y0 * ow..], ow, here, ow);
             }
         }
         // Vertical pass.
