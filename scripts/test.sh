@@ -5,4 +5,6 @@ ensure_venv
 ensure_fashion_mnist
 build_extension
 cargo test --release --quiet  # release: the vector-width tests need the optimiser's vectorised code
+# the hand-written stub must match the compiled module (argument names, defaults, classes)
+python -m mypy.stubtest byol_rs._core --allowlist tests/stubtest-allowlist.txt
 python -m pytest -q "$@"

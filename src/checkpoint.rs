@@ -134,7 +134,7 @@ pub fn load(path: &Path, device: Option<&str>, dist: Option<crate::distributed::
     let (meta, tensors) = read_file(path)?;
     let mut config = LearnerConfig::from_json(field(&meta, "config", path)?).map_err(|e| err(path, format!("bad config: {e}")))?;
     if let Some(d) = device {
-        config.device = d.to_string();
+        config.run.device = d.to_string();
     }
     let mut learner = Learner::with_dist(config, dist)?;
     let expected = state_tensors(&learner);

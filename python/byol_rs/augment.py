@@ -12,17 +12,14 @@ import torch
 from . import _core
 from .errors import ByolTypeError, ByolValueError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The engine's defaults (src/augment/config.rs): the paper's two views and ImageNet's statistics.
+_DEFAULTS: Dict[str, Any] = json.loads(_core.augment_defaults())
+IMAGENET_MEAN = tuple(_DEFAULTS["mean"])
+IMAGENET_STD = tuple(_DEFAULTS["std"])
 
 #: Per-view settings and their types; any of them can be passed to ``Augment`` (both views)
 #: or inside ``view1=`` / ``view2=`` dicts (one view).
-VIEW_FIELDS = {
-    "crop_scale": tuple, "crop_ratio": tuple, "interpolation": str, "flip_p": float,
-    "jitter_p": float, "brightness": float, "contrast": float, "saturation": float,
-    "hue": float, "grayscale_p": float, "blur_p": float, "blur_sigma": tuple,
-    "solarize_p": float, "solarize_threshold": float,
-}
+VIEW_FIELDS = {key: tuple if isinstance(value, list) else type(value) for key, value in _DEFAULTS["view1"].items()}
 #: A batch ``[N, C, H, W]`` (or NHWC), or a list of ``[C, H, W]`` (or HWC) images of any sizes.
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -206,5 +203,5 @@ class Augment:
         return f"Augment(size={tuple(c['size'])}, seed={c['seed']})"
 
 
-_PAPER_VIEW1: Dict[str, Any] = {"blur_p": 1.0, "solarize_p": 0.0}
-_PAPER_VIEW2: Dict[str, Any] = {"blur_p": 0.1, "solarize_p": 0.2}
+_PAPER_VIEW1: Dict[str, Any] = _DEFAULTS["view1"]
+_PAPER_VIEW2: Dict[str, Any] = _DEFAULTS["view2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 
@@ -14,26 +14,29 @@ from .distributed import group_spec
 from .errors import ByolTypeError, ByolValueError
 from .metrics import StepMetrics
 
-_TYPES = {
-    "backbone": str, "in_channels": int, "small_image": bool, "projector_hidden": int,
-    "projection_dim": int, "predictor_hidden": int, "optimizer": str, "lr": (float, type(None)),
-    "batch_size": (int, type(None)), "weight_decay": float, "optimizer_momentum": float, "eta": float,
-    "betas": tuple, "adam_eps": float, "total_steps": int, "warmup_steps": int, "final_lr": float,
-    "tau_base": float, "tau_final": float, "momentum": bool, "accumulate": int, "ema_bn_stats": bool,
-    "on_nonfinite": str, "nonfinite_check": str, "precision": str, "loss_scale": float, "loss_scale_growth_interval": int, "device": str, "seed": int, "channels_last": bool,
-    "allow_unsafe": bool, "preset": (str, type(None)), "steps_per_epoch": (int, type(None)),
-}
+# Names, types and defaults of the configuration, from the engine (src/config/): the signature
+# below repeats them for IDEs, and tests/python/test_config_schema.py holds the two together.
+SCHEMA: Dict[str, Dict[str, Any]] = {f["name"]: f for f in json.loads(_core.config_schema())}
+_PYTHON_TYPES = {"int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "float_pair": (tuple, list)}
 
 
 def _check_type(name: str, value: Any) -> Any:
-    expected = _TYPES[name]
-    allowed = expected if isinstance(expected, tuple) else (expected,)
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if bool not in allowed and isinstance(value, bool) or not isinstance(value, allowed):
-        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-        raise ByolTypeError(f"{name}: expected {names}, got {type(value).__name__}")
-    return value
+    """``value`` for field ``name``, ints widened to float where a float is expected; a
+    TypeError naming the field otherwise. Values (ranges, choices) are checked by the engine."""
+    field = SCHEMA[name]
+    if value is None and field["optional"]:
+        return None
+    # bool is an int to Python, but not to the engine
+    if isinstance(value, _PYTHON_TYPES[field["type"]]) and isinstance(value, bool) == (field["type"] == "bool"):
+        if field["type"] == "float":
+            return float(value)
+        if field["type"] == "float_pair":
+            if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ByolTypeError(f"{name}: expected a pair of floats, got {value!r}")
+            return tuple(float(v) for v in value)
+        return value
+    names = {"float_pair": "tuple", "float": "float"}.get(field["type"], field["type"])
+    raise ByolTypeError(f"{name}: expected {names}{' or None' if field['optional'] else ''}, got {type(value).__name__}")
 
 
 class BYOL:
@@ -114,9 +117,9 @@ class BYOL:
         momentum: bool = True,
         accumulate: int = 1,
         ema_bn_stats: bool = False,
-        on_nonfinite: str = "raise",
-        nonfinite_check: str = "auto",
-        precision: str = "fp32",
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+        nonfinite_check: Literal["auto", "immediate", "deferred"] = "auto",
+        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
         loss_scale: float = 65536.0,
         loss_scale_growth_interval: int = 2000,
         device: str = "cpu",
@@ -130,7 +133,7 @@ class BYOL:
         sync_bn: Optional[bool] = None,
         process_group: Any = None,
     ) -> None:
-        config = {k: _check_type(k, v) for k, v in locals().items() if k in _TYPES}
+        config = {k: _check_type(k, v) for k, v in locals().items() if k in SCHEMA and k != "augment"}
         if augment is not None and not isinstance(augment, Augment):
             raise ByolTypeError(f"augment: expected byol_rs.Augment or None, got {type(augment).__name__}")
         config["augment"] = augment.config if augment is not None else None

@@ -1,5 +1,6 @@
 //! The PyO3 layer: argument extraction, GIL release and error mapping only. No math here.
 mod augment;
+mod config;
 mod errors;
 mod eval;
 mod kernels;
@@ -15,6 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kernels::register(m)?;
     augment::register(m)?;
     eval::register(m)?;
+    config::register(m)?;
     m.add_class::<learner::PyLearner>()?;
     Ok(())
 }

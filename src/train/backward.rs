@@ -2,7 +2,7 @@
 //! (`loss.rs`); autograd pushes it through the network by backpropagating the surrogate
 //! `sum(p * dL/dp)`. Whether each view's backward follows its forward at once or both views'
 //! surrogates are summed and backpropagated once is the plan, chosen at construction.
-use crate::config::LearnerConfig;
+use crate::config::{LearnerConfig, Precision};
 use crate::error::Result;
 use crate::loss::{self, LossForward};
 use tch::{Device, Kind, Tensor};
@@ -22,7 +22,7 @@ pub enum BackwardPlan {
 
 impl BackwardPlan {
     pub fn choose(config: &LearnerConfig, device: Device, data_parallel: bool, deferred_check: bool) -> Self {
-        let per_view = device == Device::Cpu && config.accumulate == 1 && config.momentum && !data_parallel && config.precision == "fp32" && !deferred_check;
+        let per_view = device == Device::Cpu && config.method.accumulate == 1 && config.method.momentum && !data_parallel && config.amp.precision == Precision::Fp32 && !deferred_check;
         if per_view { BackwardPlan::PerView } else { BackwardPlan::Joint }
     }
 }

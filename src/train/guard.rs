@@ -5,7 +5,7 @@
 use super::accumulate::Accumulator;
 use super::metrics::Reading;
 use crate::augment::rng::Rng;
-use crate::config::LearnerConfig;
+use crate::config::{LearnerConfig, NonFiniteCheck, OnNonFinite, Precision};
 use crate::distributed::Dist;
 use crate::error::{Error, Result};
 use crate::eval::diagnostics::{z_std, z_std_on_device};
@@ -70,15 +70,15 @@ pub trait NonFiniteGuard: Send {
 /// Whether the check runs behind the device: `nonfinite_check`, where `auto` means on CUDA
 /// unless the host must decide at once (fp16's loss scale, data parallel ranks agreeing).
 pub fn deferred(config: &LearnerConfig, device: Device, data_parallel: bool) -> bool {
-    match config.nonfinite_check.as_str() {
-        "deferred" => true,
-        "immediate" => false,
-        _ => device.is_cuda() && !data_parallel && config.precision != "fp16",
+    match config.nonfinite.nonfinite_check {
+        NonFiniteCheck::Deferred => true,
+        NonFiniteCheck::Immediate => false,
+        NonFiniteCheck::Auto => device.is_cuda() && !data_parallel && config.amp.precision != Precision::Fp16,
     }
 }
 
 pub fn build(deferred: bool, config: &LearnerConfig, device: Device, dist: Option<Dist>) -> Result<Box<dyn NonFiniteGuard>> {
-    let skip = config.on_nonfinite == "skip";
+    let skip = config.nonfinite.on_nonfinite == OnNonFinite::Skip;
     if deferred {
         return Ok(Box::new(Deferred::new(skip, device)?));
     }

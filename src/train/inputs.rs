@@ -24,15 +24,15 @@ impl Learner {
         if size.len() != 4 {
             return Err(value_error(arg, format!("expected a 4-D [batch, channels, height, width] tensor, got shape {size:?}")));
         }
-        if size[1] != self.config.in_channels {
-            return Err(value_error(arg, format!("expected {} channels (in_channels), got shape {size:?}", self.config.in_channels)));
+        if size[1] != self.config.network.in_channels {
+            return Err(value_error(arg, format!("expected {} channels (in_channels), got shape {size:?}", self.config.network.in_channels)));
         }
         if size[0] < 1 || size[2] < 1 || size[3] < 1 {
             return Err(value_error(arg, format!("expected a non-empty batch, got shape {size:?}")));
         }
         let min_side = self.model.online.backbone.min_side();
         if size[2] < min_side || size[3] < min_side {
-            return Err(value_error(arg, format!("the {} backbone needs images of at least {min_side}x{min_side} px, got shape {size:?}", self.config.backbone)));
+            return Err(value_error(arg, format!("the {} backbone needs images of at least {min_side}x{min_side} px, got shape {size:?}", self.config.network.backbone)));
         }
         if !x.is_floating_point() {
             return Err(value_error(arg, format!("expected a floating-point tensor (normalised images), got {:?}", x.kind())));
@@ -50,7 +50,7 @@ impl Learner {
     pub(super) fn layout(&self, images: &Tensor) -> Result<Tensor> {
         let x = images.f_to_kind(Kind::Float)?;
         // cuDNN's tensor-core convolutions are NHWC; on CPU it is the user's choice.
-        if self.device.is_cuda() || self.config.channels_last {
+        if self.device.is_cuda() || self.config.run.channels_last {
             return shim::channels_last(&x);
         }
         Ok(x)

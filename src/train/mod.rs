@@ -11,7 +11,7 @@ pub mod scaler;
 
 use crate::augment::rng::Rng;
 use crate::augment::{Augment, Images, Layout};
-use crate::config::LearnerConfig;
+use crate::config::{LearnerConfig, NonFiniteCheck};
 use crate::distributed::Dist;
 use crate::error::{value_error, Result};
 use crate::loss::{self, Variant};
@@ -64,7 +64,7 @@ impl Learner {
     /// before every update, so weights, optimizer state and target stay identical on all ranks.
     pub fn with_dist(config: LearnerConfig, dist: Option<Dist>) -> Result<Self> {
         let resolved = config.resolve().and_then(|c| c.device().map(|d| (c, d))).and_then(|(c, d)| {
-            if dist.is_some() && c.nonfinite_check == "deferred" {
+            if dist.is_some() && c.nonfinite.nonfinite_check == NonFiniteCheck::Deferred {
                 return Err(value_error("nonfinite_check", "'deferred' does not combine with a data-parallel run, whose ranks agree on every step on the host; use 'auto' or 'immediate'"));
             }
             Ok((c, d))
@@ -76,26 +76,27 @@ impl Learner {
         };
         if let Some(d) = &dist {
             // Devices differ between ranks by design (cuda:0, cuda:1, ...); nothing else may.
-            let shared = LearnerConfig { device: String::new(), ..config.clone() };
+            let mut shared = config.clone();
+            shared.run.device = String::new();
             d.check_same("configuration (or sync_bn)", &format!("{}|sync_bn={}", shared.to_json(), d.sync_bn))?;
         }
-        tch::manual_seed(config.seed);
+        tch::manual_seed(config.run.seed);
         let sync = dist.as_ref().filter(|d| d.sync_bn && d.world_size() > 1).map(|d| SyncHandle(d.clone()));
         // cuDNN's and oneDNN's fast kernels are NHWC, so the conv weights live channels_last;
         // on CPU `channels_last=false` keeps NCHW, whose summation order the PyTorch default
         // shares (NHWC weight gradients differ by ~6e-5 relative). An NHWC input alone does not
         // switch oneDNN to NHWC when C is 1.
-        let nhwc = device.is_cuda() || config.channels_last;
-        let model = OnlineTarget::new(&config.network(), config.momentum, device, nhwc, sync.as_ref())?;
+        let nhwc = device.is_cuda() || config.run.channels_last;
+        let model = OnlineTarget::new(&config.network(), config.method.momentum, device, nhwc, sync.as_ref())?;
         let excluded: Vec<bool> = model.params.views.iter().map(|p| p.dim() == 1).collect();
         let optimizer = optim::build(&config.optim(), &model.params, &excluded)?;
-        let augment = config.augment.clone().map(Augment::new).transpose()?;
+        let augment = config.method.augment.clone().map(Augment::new).transpose()?;
         let deferred = guard::deferred(&config, device, dist.is_some());
         let mut learner = Self {
             plan: BackwardPlan::choose(&config, device, dist.is_some(), deferred),
             guard: guard::build(deferred, &config, device, dist.clone())?,
             scaler: LossScaler::new(&config),
-            accumulator: Accumulator::new(config.accumulate),
+            accumulator: Accumulator::new(config.method.accumulate),
             config,
             device,
             model,
@@ -218,7 +219,7 @@ impl Learner {
         let t = self.accumulator.step() + 1;
         let counted = self.guard.update(&state, &mut || {
             self.optimizer.step(&self.model.params, &self.model.grads, lr, t)?;
-            self.model.ema(tau, self.config.ema_bn_stats)?;
+            self.model.ema(tau, self.config.method.ema_bn_stats)?;
             self.model.zero_grads()
         })?;
         if counted {
@@ -283,31 +284,31 @@ impl Learner {
         let c = &self.config;
         // The global batch: every rank of a data-parallel run sees `batch` images.
         let world = self.dist.as_ref().map_or(1, Dist::world_size);
-        let images = c.batch_size.unwrap_or(batch * c.accumulate * world);
-        let scaled = c.lr.unwrap_or(0.0) * images as f64 / 256.0;
-        replanned_lr(self.replan.as_ref(), self.step_count(), c.total_steps, c.warmup_steps, scaled, c.final_lr)
+        let images = c.schedule.batch_size.unwrap_or(batch * c.method.accumulate * world);
+        let scaled = c.schedule.lr.unwrap_or(0.0) * images as f64 / 256.0;
+        replanned_lr(self.replan.as_ref(), self.step_count(), c.schedule.total_steps, c.schedule.warmup_steps, scaled, c.schedule.final_lr)
     }
 
     pub fn tau(&self) -> Result<f64> {
         let c = &self.config;
-        replanned_tau(self.replan.as_ref(), self.step_count(), c.total_steps, c.tau_base, c.tau_final)
+        replanned_tau(self.replan.as_ref(), self.step_count(), c.schedule.total_steps, c.schedule.tau_base, c.schedule.tau_final)
     }
 
     /// Changes the schedules' length mid-run (a time-budgeted run re-planned from its measured
     /// speed). The warm-up stays; the rest of the lr and tau cosines stretches or shrinks from
     /// here on, starting from their current values (`schedule::Replan`).
     pub fn set_total_steps(&mut self, total: i64) -> Result<()> {
-        if self.config.preset.is_some() {
+        if self.config.schedule.preset.is_some() {
             return Err(value_error("total_steps", "is fixed by the preset (its epochs times steps_per_epoch)"));
         }
         let step = self.step_count();
-        let least = step.max(self.config.warmup_steps).max(1);
+        let least = step.max(self.config.schedule.warmup_steps).max(1);
         if total < least {
             return Err(value_error("total_steps", format!("must be >= {least} (steps done, warm-up and 1), got {total}")));
         }
-        if total != self.config.total_steps {
-            self.replan = Some(Replan::at(self.replan.as_ref(), step, self.config.total_steps, self.config.warmup_steps));
-            self.config.total_steps = total;
+        if total != self.config.schedule.total_steps {
+            self.replan = Some(Replan::at(self.replan.as_ref(), step, self.config.schedule.total_steps, self.config.schedule.warmup_steps));
+            self.config.schedule.total_steps = total;
         }
         Ok(())
     }

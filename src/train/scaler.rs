@@ -2,7 +2,7 @@
 //! `scale` before backward so that small gradients survive fp16, and the gradients are divided
 //! by it before the update. An update whose gradients overflowed is skipped and the scale
 //! halves; after `growth_interval` good updates in a row it doubles.
-use crate::config::LearnerConfig;
+use crate::config::{LearnerConfig, Precision};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -24,9 +24,9 @@ pub struct LossScaler {
 
 impl LossScaler {
     pub fn new(config: &LearnerConfig) -> Self {
-        let dynamic = config.precision == "fp16";
-        let scale = if dynamic { config.loss_scale } else { 1.0 };
-        Self { state: ScalerState { scale, good_steps: 0 }, dynamic, growth_interval: config.loss_scale_growth_interval }
+        let dynamic = config.amp.precision == Precision::Fp16;
+        let scale = if dynamic { config.amp.loss_scale } else { 1.0 };
+        Self { state: ScalerState { scale, good_steps: 0 }, dynamic, growth_interval: config.amp.loss_scale_growth_interval }
     }
 
     pub fn scale(&self) -> f64 {
@@ -64,10 +64,11 @@ impl LossScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PrecisionSettings;
     use tch::{Device, Kind};
 
     fn fp16(scale: f64, growth_interval: i64) -> LossScaler {
-        LossScaler::new(&LearnerConfig { precision: "fp16".into(), loss_scale: scale, loss_scale_growth_interval: growth_interval, ..Default::default() })
+        LossScaler::new(&LearnerConfig { amp: PrecisionSettings { precision: Precision::Fp16, loss_scale: scale, loss_scale_growth_interval: growth_interval }, ..Default::default() })
     }
 
     #[test]
@@ -84,7 +85,7 @@ mod tests {
 
     #[test]
     fn fp32_never_scales() {
-        let mut s = LossScaler::new(&LearnerConfig { loss_scale: 8.0, ..Default::default() });
+        let mut s = LossScaler::new(&LearnerConfig { amp: PrecisionSettings { loss_scale: 8.0, ..Default::default() }, ..Default::default() });
         let grads = Tensor::from_slice(&[f32::NAN]);
         assert!(s.unscale_(&grads).unwrap() && s.scale() == 1.0);
     }
