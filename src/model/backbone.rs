@@ -19,12 +19,6 @@ pub struct BackboneConfig {
     pub small_image: bool,
 }
 
-impl Default for BackboneConfig {
-    fn default() -> Self {
-        Self { name: "resnet50".into(), in_channels: 3, small_image: false }
-    }
-}
-
 impl BackboneConfig {
     /// Width of the feature vector the backbone returns.
     pub fn feature_dim(&self) -> Result<i64> {

@@ -15,12 +15,6 @@ pub struct NetworkConfig {
     pub predictor_hidden: i64,
 }
 
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self { backbone: Default::default(), projector_hidden: 4096, projection_dim: 256, predictor_hidden: 4096 }
-    }
-}
-
 impl NetworkConfig {
     pub fn validate(&self) -> Result<()> {
         self.backbone.feature_dim()?;

@@ -11,7 +11,7 @@ use crate::model::flat::FlatTensors;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// Hyperparameters of every optimizer; `Default` holds the paper's LARS values.
+/// Hyperparameters of every optimizer (defaults: `config::OptimizerSettings`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
     /// `lars`, `sgd` or `adamw`.
@@ -22,12 +22,6 @@ pub struct OptimConfig {
     pub eta: f64,
     pub betas: (f64, f64),
     pub eps: f64,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self { name: "lars".into(), weight_decay: 1.5e-6, momentum: 0.9, eta: 1e-3, betas: (0.9, 0.999), eps: 1e-8 }
-    }
 }
 
 pub trait Optimizer: Send {
