@@ -5,13 +5,14 @@ defaults overridden, then full-set weighted kNN and linear probe. Prints one JSO
     python benches/tune_recipe.py NAME -10 '{"batch_size": 256, "aug": {"blur_p": 0.5}}'   # 10 minutes
 
 EPOCHS > 0 trains that many epochs (accuracy independent of machine load); a negative value is a
-wall-time budget in minutes, as `byol-rs train` runs it. Keys are TrainConfig fields; "aug" holds
-Augment.small_image overrides (view settings for both views, or "size", the views' side). No
-periodic kNN, no checkpoints.
+wall-time budget in minutes, as `byol-rs train` runs it. Keys are TrainConfig fields or byol_rs.BYOL
+arguments (which go to TrainConfig.learner, e.g. "lr"); "aug" holds Augment.small_image overrides
+(view settings for both views, or "size", the views' side). No periodic kNN, no checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -46,16 +47,19 @@ def main() -> None:
     over = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     aug_over = over.pop("aug", {})
 
-    def augment(cfg, d):
-        mean, std = d.mean_std()
+    def augment(cfg, source):  # trainer._augment's signature
         views = {"blur_p": cfg.blur_p, **aug_over}
-        size = views.pop("size", trainer.view_size(cfg, d))  # evaluation still sees whole images
-        return Augment.small_image(size, mean=mean, std=std, crop_scale=tuple(cfg.crop_scale), seed=cfg.seed, **views)
+        size = views.pop("size", source.view_size)  # evaluation still sees whole images
+        return Augment.small_image(size, mean=source.mean, std=source.std, crop_scale=tuple(cfg.crop_scale),
+                                   seed=cfg.seed, **views)
 
     trainer._augment = augment
     length = dict(epochs=budget, minutes=None) if budget > 0 else dict(epochs=None, minutes=-budget)
+    own = {f.name for f in dataclasses.fields(trainer.TrainConfig)}
+    learner = {k: v for k, v in over.items() if k not in own}
     cfg = trainer.TrainConfig(**length, out=f"/tmp/tune_recipe/{name}", eval_every_minutes=0,
-                              checkpoint_every_minutes=1e9, progress=False, **over)
+                              checkpoint_every_minutes=1e9, progress=False, learner=learner,
+                              **{k: v for k, v in over.items() if k in own})
     tr = trainer.Trainer(cfg, force=True)
     t0 = time.time()
     tr.train()

@@ -66,14 +66,18 @@ def _positive(kind):
     return parse
 
 
+#: The train flags that are byol_rs.BYOL arguments (their argparse names): given ones go to
+#: TrainConfig.learner, over the trainer's RECIPE.
+LEARNER_FLAGS = ("backbone", "preset", "optimizer", "lr")
+
+
 def _train(args: argparse.Namespace) -> int:
     from .data import DatasetError
     from .errors import ByolError
     from .trainer import TrainConfig, Trainer, TrainError, install_sigterm_as_interrupt
 
-    fields = dict(dataset=args.dataset, data_dir=args.data, backbone=args.backbone,
-                  batch_size=args.batch_size, preset=args.preset, optimizer=args.optimizer,
-                  lr=args.lr, view_fraction=args.view_fraction, device=args.device, seed=args.seed, out=args.out,
+    fields = dict(dataset=args.dataset, data_dir=args.data, batch_size=args.batch_size,
+                  view_fraction=args.view_fraction, device=args.device, seed=args.seed, out=args.out,
                   eval_every_minutes=args.eval_every, checkpoint_every_minutes=args.checkpoint_every,
                   progress=not args.no_progress, val_dir=args.val, val_fraction=args.val_fraction,
                   image_size=args.image_size, workers=args.workers, strict=args.strict, stream=args.stream)
@@ -82,7 +86,8 @@ def _train(args: argparse.Namespace) -> int:
         fields.update(epochs=args.epochs, minutes=None)
     elif args.minutes is not None:
         fields["minutes"] = args.minutes
-    cfg = TrainConfig(**fields)
+    learner = {k: getattr(args, k) for k in LEARNER_FLAGS if getattr(args, k) is not None}
+    cfg = TrainConfig(learner=learner, **fields)
     _one_line_warnings()
     bad_input = (TrainError, DatasetError, ByolError)
     try:
@@ -180,6 +185,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .learner import SCHEMA
+    from .trainer import RECIPE
+
+    recipe = {**{k: SCHEMA[k]["default"] for k in LEARNER_FLAGS}, **RECIPE}
     parser = _Parser(prog="byol-rs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -211,11 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), help="wall-time budget for training (default 10)")
     budget.add_argument("--epochs", type=_positive(float), help="train for this many epochs instead")
-    t.add_argument("--backbone", choices=["convnet", "resnet18", "resnet34", "resnet50"])
+    t.add_argument("--backbone", choices=["convnet", "resnet18", "resnet34", "resnet50"],
+                   help=f"default {recipe['backbone']}")
     t.add_argument("--batch-size", type=_positive(int))
-    t.add_argument("--preset", choices=["40ep", "100ep", "300ep", "1000ep"], help="the paper's lr / weight decay / tau for that length")
-    t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
-    t.add_argument("--lr", type=_positive(float), help="base learning rate per 256 images")
+    t.add_argument("--preset", choices=["40ep", "100ep", "300ep", "1000ep"],
+                   help=f"the paper's lr / weight decay / tau for that length (default {recipe['preset'] or 'none'})")
+    t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"], help=f"default {recipe['optimizer']}")
+    t.add_argument("--lr", type=_positive(float), help=f"base learning rate per 256 images (default {recipe['lr']})")
     t.add_argument("--view-fraction", type=_positive(float), metavar="F",
                    help="IDX, --dataset and folders of small images: training views' side as a fraction of the images' (default 0.72; 1: full size)")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")

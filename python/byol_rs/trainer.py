@@ -6,6 +6,7 @@ orchestrates."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from . import data as datasets
 from . import run_files
 from .augment import Augment
 from .eval import LinearProbe, effective_rank, knn_accuracy, z_std
-from .learner import BYOL
+from .learner import BYOL, SCHEMA
 from .progress import progress
 from .sources import (PERIODIC_BANK, PERIODIC_QUERIES, EpochBatchSampler, Features, InMemorySource, Source,
                       min_side, open_source)
@@ -44,22 +45,38 @@ FINAL_STEPS = 20
 SKIPPED_NAMED = 10
 
 
+#: The trainer's learner recipe: where it departs from ``byol_rs.BYOL``'s defaults (the paper's),
+#: unless ``TrainConfig.learner`` overrides it. Measured in benches/RESULTS.md for Fashion-MNIST on
+#: 2 CPU cores. ``predictor_hidden`` follows an overridden ``projector_hidden`` (see learner_settings).
+RECIPE: Dict[str, Any] = dict(backbone="convnet", lr=4.5, tau_base=0.98, projector_hidden=1024,
+                              predictor_hidden=1024, projection_dim=128)
+#: The BYOL arguments the trainer sets itself, and where each comes from: ``learner`` may not hold them.
+SET_BY_TRAINER = {
+    "in_channels": "the images", "small_image": "the images", "total_steps": "the budget (minutes or epochs)",
+    "warmup_steps": "warmup_fraction", "steps_per_epoch": "the data and batch_size",
+    "augment": "crop_scale, blur_p and view_fraction", "device": "TrainConfig.device", "seed": "TrainConfig.seed",
+    "batch_size": "TrainConfig.batch_size", "distributed": "torchrun", "process_group": "torchrun",
+}
+_BYOL_ARGUMENTS = frozenset(inspect.signature(BYOL).parameters)
+# The fields a TrainConfig had for the learner before ``learner``: read back from old run directories.
+_OLD_LEARNER_FIELDS = ("backbone", "preset", "optimizer", "lr", "weight_decay", "tau_base", "projector_hidden",
+                       "projection_dim")
+
+
+class TrainError(ValueError):
+    """A problem with the run's inputs; the CLI prints it on one line and exits with 2."""
+
+
 @dataclass
 class TrainConfig:
-    """Defaults: the recipe measured in benches/RESULTS.md for Fashion-MNIST on 2 CPU cores."""
+    """The trainer's own settings; the learner's recipe is :data:`RECIPE` with ``learner`` over it.
+    Defaults: the recipe measured in benches/RESULTS.md for Fashion-MNIST on 2 CPU cores."""
     dataset: str = "fashion-mnist"
     data_dir: Optional[str] = None
     minutes: Optional[float] = 10.0
     epochs: Optional[float] = None
-    backbone: str = "convnet"
+    #: Images per step: the loader's batch (the global batch under torchrun).
     batch_size: int = 64
-    preset: Optional[str] = None
-    optimizer: str = "lars"
-    lr: Optional[float] = 4.5
-    weight_decay: float = 1.5e-6
-    tau_base: float = 0.98
-    projector_hidden: int = 1024
-    projection_dim: int = 128
     crop_scale: tuple = (0.35, 1.0)
     blur_p: float = 0.5
     #: The views' side as a fraction of the images' (see ``view_size``); evaluation always sees
@@ -78,6 +95,7 @@ class TrainConfig:
     strict: bool = False
     stream: bool = False
     warmup_fraction: float = 0.05
+    #: Where the data and the learner live, and the seed of the sampler and the learner.
     device: str = "cpu"
     seed: int = 0
     out: str = "runs/byol"
@@ -86,11 +104,45 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     progress: bool = True
-    extra: Dict[str, Any] = field(default_factory=dict)
+    #: ``byol_rs.BYOL`` keyword arguments over :data:`RECIPE`, e.g. ``{"backbone": "resnet18", "lr": 2.0}``.
+    learner: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in self.learner:
+            if key in SET_BY_TRAINER:
+                raise TrainError(f"learner[{key!r}]: the trainer sets it itself, from {SET_BY_TRAINER[key]}")
+            if key not in _BYOL_ARGUMENTS:
+                raise TrainError(f"learner[{key!r}]: not an argument of byol_rs.BYOL")
+
+    def learner_settings(self) -> Dict[str, Any]:
+        """The BYOL arguments of the recipe: :data:`RECIPE` with ``learner`` over it."""
+        settings = {**RECIPE, **self.learner}
+        if "projector_hidden" in self.learner and "predictor_hidden" not in self.learner:
+            settings["predictor_hidden"] = self.learner["projector_hidden"]  # one width for both MLPs
+        return settings
+
+    @property
+    def backbone(self) -> str:
+        return self.learner_settings()["backbone"]
 
 
-class TrainError(ValueError):
-    """A problem with the run's inputs; the CLI prints it on one line and exits with 2."""
+def _saved_learner(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The learner settings of a config read back from trainer_state.json. A run from before
+    ``learner`` saved them as flat fields, with the other BYOL arguments in ``extra``, and gave
+    the predictor the projector's width."""
+    if "learner" in saved:
+        return dict(saved["learner"])
+    settings = {k: saved[k] for k in _OLD_LEARNER_FIELDS if k in saved}
+    settings.update(saved.get("extra") or {})
+    if "projector_hidden" in settings:
+        settings.setdefault("predictor_hidden", settings["projector_hidden"])
+    return settings
+
+
+def _config_record(cfg: TrainConfig) -> Dict[str, Any]:
+    """The config as trainer_state.json and report.json hold it: ``learner`` is every recipe
+    setting, so that a later change of RECIPE cannot pass for the same run on resume."""
+    return {**asdict(cfg), "learner": cfg.learner_settings()}
 
 
 def _augment(cfg: TrainConfig, source: Source) -> Augment:
@@ -104,14 +156,12 @@ def _augment(cfg: TrainConfig, source: Source) -> Augment:
 def _learner(cfg: TrainConfig, source: Source, total_steps: int, steps_per_epoch: int,
              distributed: Optional[bool] = None) -> BYOL:
     kwargs: Dict[str, Any] = dict(
-        in_channels=source.channels, small_image=source.small_image, projector_hidden=cfg.projector_hidden,
-        predictor_hidden=cfg.projector_hidden, projection_dim=cfg.projection_dim,
-        optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, tau_base=cfg.tau_base,
+        cfg.learner_settings(), in_channels=source.channels, small_image=source.small_image,
         total_steps=total_steps, warmup_steps=int(total_steps * cfg.warmup_fraction),
-        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, source), distributed=distributed, **cfg.extra)
-    if cfg.preset:
-        kwargs.update(preset=cfg.preset, steps_per_epoch=steps_per_epoch)
-    return BYOL(cfg.backbone, **kwargs)
+        device=cfg.device, seed=cfg.seed, augment=_augment(cfg, source), distributed=distributed)
+    if kwargs.get("preset"):
+        kwargs["steps_per_epoch"] = steps_per_epoch
+    return BYOL(**kwargs)
 
 
 def score(f: Features, *, linear: bool, k: int = 200, temperature: float = 0.1) -> Dict[str, float]:
@@ -263,11 +313,18 @@ class Trainer:
             saved_cfg = (saved_cfg.get("current") or saved_cfg)["config"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TrainError(f"--resume: cannot read {self.out / STATE} ({e})") from None
-        mine = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_RESUME_CHECKED}
+        mine = {k: v for k, v in asdict(self.cfg).items() if k not in NOT_RESUME_CHECKED and k != "learner"}
         theirs = {k: v for k, v in saved_cfg.items() if k in mine}
         theirs["crop_scale"] = tuple(theirs.get("crop_scale", ()))
         mine["crop_scale"] = tuple(mine["crop_scale"])
-        diff = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" if k in theirs else f"{k}: not in that checkpoint (an older byol-rs), {mine[k]!r} now"
+        # The learner's settings as JSON gives them back (tuples as lists); no trainer field has
+        # their names. A setting left out means BYOL's default, on either side.
+        ours, saved = json.loads(json.dumps(self.cfg.learner_settings())), _saved_learner(saved_cfg)
+        for k in ours.keys() | saved.keys():
+            default = SCHEMA[k]["default"] if k in SCHEMA else None
+            mine[k], theirs[k] = ours.get(k, default), saved.get(k, default)
+        diff = [f"{k}: not in that checkpoint (an older byol-rs), {mine[k]!r} now" if k not in theirs
+                else f"{k}: {theirs[k]!r} there, {mine[k]!r} now"
                 for k in sorted(k for k in mine if mine[k] != theirs.get(k))]
         if diff:
             raise TrainError(f"--resume: the checkpoint in {self.out} was made with a different config ({'; '.join(diff)})")
@@ -306,7 +363,7 @@ class Trainer:
     def _save(self) -> None:
         self._write_rows(sync=True)
         if self.rank == 0:  # the state goes first: see run_files
-            entry = {"step": self.learner.step_count, "config": asdict(self.cfg), "total_steps": self.total_steps,
+            entry = {"step": self.learner.step_count, "config": _config_record(self.cfg), "total_steps": self.total_steps,
                      "elapsed": self.elapsed, "data_wait": self.data_wait, "csv_bytes": self.log.size()}
             run_files.write_state(self.out / STATE, entry, self._committed)
             self._committed = entry
@@ -476,7 +533,7 @@ class Trainer:
             "final_over_steps": len(last),
             "trained": trained, "random_init": baseline,
             **source.report_fields(),
-            "world_size": self.world, "config": asdict(cfg), "learner_config": self.learner.config,
+            "world_size": self.world, "config": _config_record(cfg), "learner_config": self.learner.config,
         }
         if source.labelled:
             report["gain"] = {k: trained[k] - baseline[k] for k in ("knn", "linear")}

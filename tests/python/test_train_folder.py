@@ -32,7 +32,7 @@ from learner_state import train_until_interrupted, trainer_weights  # noqa: E402
 PHOTOS = {"cat": skimage.data.chelsea, "coffee": skimage.data.coffee, "rocket": skimage.data.rocket}
 FORMATS = ((".jpg", "RGB", {"quality": 90}), (".png", "L", {}), (".webp", "RGB", {"lossless": True}),
            (".png", "RGBA", {}), (".jpeg", "L", {"quality": 85}), (".png", "P", {}))
-SMALL = dict(backbone="convnet", batch_size=8, projector_hidden=32, projection_dim=16, image_size=16,
+SMALL = dict(batch_size=8, learner=dict(backbone="convnet", projector_hidden=32, projection_dim=16), image_size=16,
              progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
 CLI_SMALL = ["--batch-size", "8", "--image-size", "16", "--no-progress", "--eval-every", "0"]
 
@@ -280,8 +280,9 @@ def test_two_gloo_ranks_train_a_folder(folders):
 def test_in_memory_run_reports_its_data_wait(tmp_path):
     """The in-memory path records the wait too (an index into a tensor: about 0). Fails with
     data_wait never accumulated."""
-    t = Trainer(TrainConfig(dataset="digits", epochs=1, out=str(tmp_path), backbone="convnet", batch_size=128,
-                            projector_hidden=32, projection_dim=16, progress=False, eval_every_minutes=0))
+    t = Trainer(TrainConfig(dataset="digits", epochs=1, out=str(tmp_path), batch_size=128,
+                            learner=dict(backbone="convnet", projector_hidden=32, projection_dim=16),
+                            progress=False, eval_every_minutes=0))
     t.train()
     assert 0 < t.data_wait < 0.05 * t.elapsed
 

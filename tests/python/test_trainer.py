@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,10 +15,10 @@ import torchvision
 import byol_rs
 
 from byol_rs.cli import main
-from byol_rs.trainer import TrainConfig, Trainer, TrainError, view_size
+from byol_rs.trainer import RECIPE, TrainConfig, Trainer, TrainError, view_size
 from learner_state import train_until_interrupted, trainer_weights
 
-TINY = dict(dataset="digits", batch_size=128, projector_hidden=64, projection_dim=32,
+TINY = dict(dataset="digits", batch_size=128, learner=dict(projector_hidden=64, projection_dim=32),
             progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
 
 
@@ -107,6 +108,46 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY), resume=True)
 
 
+def test_a_run_from_before_the_learner_field_resumes(tmp_path):
+    """A trainer_state.json written when TrainConfig had the recipe as flat fields (and other
+    BYOL arguments in ``extra``) resumes under the same settings given as ``learner``, and a
+    changed setting is named. Fails with the old fields not read into the learner's settings."""
+    learner = {**TINY["learner"], "tau_final": 0.999}
+    cfg = TrainConfig(epochs=1, out=str(tmp_path), **{**TINY, "learner": learner})
+    t = Trainer(cfg)
+    t.train()
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    config = state["current"]["config"]
+    del config["learner"]
+    # asdict(TrainConfig(projector_hidden=64, projection_dim=32, extra={"tau_final": 0.999})) of that code
+    config.update(backbone="convnet", preset=None, optimizer="lars", lr=4.5, weight_decay=1.5e-6, tau_base=0.98,
+                  projector_hidden=64, projection_dim=32, extra={"tau_final": 0.999})
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    assert Trainer(cfg, resume=True).learner.step_count == t.learner.step_count
+    with pytest.raises(TrainError, match="lr: 4.5 there, 2.0 now"):
+        Trainer(replace(cfg, learner={**learner, "lr": 2.0}), resume=True)
+    with pytest.raises(TrainError, match="tau_final: 0.999 there, 1.0 now"):
+        Trainer(replace(cfg, learner=TINY["learner"]), resume=True)
+
+
+def test_learner_settings_are_the_recipe_with_learner_over_it():
+    """The predictor follows an overridden projector width, as it did when the trainer derived it."""
+    assert TrainConfig().learner_settings() == RECIPE and TrainConfig().backbone == RECIPE["backbone"]
+    settings = TrainConfig(learner={"projector_hidden": 64, "lr": 1.0}).learner_settings()
+    assert settings == {**RECIPE, "projector_hidden": 64, "predictor_hidden": 64, "lr": 1.0}
+    both = TrainConfig(learner={"projector_hidden": 64, "predictor_hidden": 32})
+    assert both.learner_settings()["predictor_hidden"] == 32
+
+
+@pytest.mark.parametrize("key,needle", [("seed", "the trainer sets it itself, from TrainConfig.seed"),
+                                        ("total_steps", "the trainer sets it itself"),
+                                        ("batch_size", "the trainer sets it itself, from TrainConfig.batch_size"),
+                                        ("projector_width", "not an argument of byol_rs.BYOL")])
+def test_learner_keys_the_trainer_sets_or_byol_lacks_are_refused(key, needle):
+    with pytest.raises(TrainError, match=rf"learner\['{key}'\]: {needle}"):
+        TrainConfig(learner={key: 1})
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "byol_rs", *args], capture_output=True, text=True, timeout=300, **kw)
 
@@ -166,7 +207,7 @@ def test_cli_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + state["step"]
 
 
-KILL_RUN = dict(dataset="digits", epochs=6, batch_size=128, projector_hidden=64, projection_dim=32,
+KILL_RUN = dict(dataset="digits", epochs=6, batch_size=128, learner=dict(projector_hidden=64, projection_dim=32),
                 eval_every_minutes=0, checkpoint_every_minutes=0.001)
 
 
