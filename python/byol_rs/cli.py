@@ -153,9 +153,22 @@ def _load_learner(path: str):
 
 def _eval(args: argparse.Namespace) -> int:
     from .data import DatasetError, load
-    from .trainer import evaluate
+    from .sources import is_image_folder
+    from .trainer import TrainError, evaluate, evaluate_folder
 
     learner = _load_learner(args.checkpoint)
+    if args.data is not None and is_image_folder(args.data):
+        _one_line_warnings()
+        try:
+            result = evaluate_folder(learner, args.data, val_dir=args.val, val_fraction=args.val_fraction,
+                                     workers=args.workers, strict=args.strict, linear=not args.knn_only)
+        except (DatasetError, TrainError) as e:
+            _fail(f"byol-rs eval: error: {e}")
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.val is not None or args.val_fraction is not None:
+        _fail("byol-rs eval: error: --val and --val-fraction are for a folder of images (--data DIR); "
+              f"{args.data or '--dataset ' + args.dataset} has its own test set")
     try:
         data = load(args.dataset, args.data)
     except DatasetError as e:
@@ -239,10 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="kNN and linear probe of a saved run on its test set")
+    e = sub.add_parser("eval", help="kNN and linear probe of a saved run on a test set, or on a folder of images")
     e.add_argument("checkpoint")
     e.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
-    e.add_argument("--data", metavar="DIR")
+    e.add_argument("--data", metavar="DIR", help="an IDX folder, or a folder of images (the kNN bank and probe training set)")
+    e.add_argument("--val", metavar="DIR", help="folder of images: the labelled queries (the classes of --data)")
+    e.add_argument("--val-fraction", type=_positive(float), metavar="F",
+                   help="folder of images: score this fraction of --data held out, as train --val-fraction does")
+    e.add_argument("--workers", type=_non_negative_int, help="folder of images: decoding processes (default: the cores less one)")
+    e.add_argument("--strict", action="store_true", help="folder of images: stop at the first unreadable file")
     e.add_argument("--knn-only", action="store_true")
     e.set_defaults(func=_eval)
 

@@ -583,10 +583,15 @@ class FolderSource(Source):
         }}
 
 
+def is_image_folder(root: str) -> bool:
+    """A folder that is not an IDX folder: ``--data`` is then read as image files."""
+    return os.path.isdir(root) and not _is_idx_dir(root)
+
+
 def open_source(cfg: "TrainConfig", device: str) -> Source:
     """``--data DIR`` as an IDX folder (the four MNIST files) or a folder of images, told apart
     by the IDX file names; without ``--data``, ``cfg.dataset`` (Fashion-MNIST or digits)."""
-    folder = cfg.data_dir is not None and os.path.isdir(cfg.data_dir) and not _is_idx_dir(cfg.data_dir)
+    folder = cfg.data_dir is not None and is_image_folder(cfg.data_dir)
     if not folder:
         given = [flag for flag, value in (("--val", cfg.val_dir), ("--val-fraction", cfg.val_fraction),
                                           ("--image-size", cfg.image_size)) if value is not None]
@@ -599,5 +604,5 @@ def open_source(cfg: "TrainConfig", device: str) -> Source:
 
 
 __all__ = ["Source", "InMemorySource", "FolderSource", "EpochBatchSampler", "Features", "EvalImages",
-           "eval_transform", "eval_resize_side", "open_source", "default_image_size", "default_workers",
+           "eval_transform", "eval_resize_side", "open_source", "is_image_folder", "default_image_size", "default_workers",
            "min_side", "view_size", "model_input", "EVAL_CROP_RATIO"]

@@ -186,6 +186,26 @@ def evaluate(learner: BYOL, d: datasets.ImageData, *, linear: bool, k: int = 200
     return score(features, linear=linear, k=k, temperature=temperature)
 
 
+def evaluate_folder(learner: BYOL, data_dir: str, *, val_dir: Optional[str] = None,
+                    val_fraction: Optional[float] = None, workers: Optional[int] = None, strict: bool = False,
+                    linear: bool = True, k: int = 200, temperature: float = 0.1) -> Dict[str, float]:
+    """What ``byol-rs train --data data_dir`` reports at the end, for a saved learner: kNN (and
+    optionally the linear probe) with ``data_dir`` as the bank and ``val_dir`` (or
+    ``val_fraction`` of ``data_dir``) as the queries, each image seen as the run's evaluation
+    saw it; without a labelled set, the health metrics. The views' side comes from the learner's
+    augmentation pipeline, as the run that saved it used."""
+    augment = learner.config.get("augment")
+    cfg = TrainConfig(data_dir=data_dir, val_dir=val_dir, val_fraction=val_fraction, workers=workers, strict=strict,
+                      image_size=augment["size"][0] if augment else None,
+                      learner={"backbone": learner.config["backbone"]})
+    source = open_source(cfg, learner.config["device"])
+    if source.channels != learner.config["in_channels"]:
+        raise TrainError(f"--data {data_dir}: the checkpoint expects {learner.config['in_channels']} channel(s), "
+                         f"the folder's images have {source.channels}")
+    result = score(next(source.features([learner])), linear=linear, k=k, temperature=temperature)
+    return {**result, "skipped_files": len(source.skipped)} if source.skipped else result
+
+
 def join_torchrun(device: str) -> Tuple[int, int, str]:
     """Under ``torchrun`` (WORLD_SIZE > 1) joins the process group: Gloo on CPU, NCCL on CUDA
     with one GPU per local rank. Returns ``(rank, world_size, device)``."""

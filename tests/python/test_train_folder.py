@@ -196,6 +196,38 @@ def test_folder_run_trains_reports_waits_and_skips(folders, capfd, monkeypatch):
     assert [line for line in stdout.splitlines() if line.startswith(("kNN", "linear"))]
 
 
+@expected_skips
+def test_eval_of_a_folder_run_repeats_its_final_evaluation(folders, capfd):
+    """``byol-rs eval CHECKPOINT --data DIR --val DIR`` scores a saved folder run as the run's
+    own report did: same bank, queries and evaluation transform, so the same kNN and probe.
+    Without --val, the health metrics; --val on an IDX dataset is refused. Fails with eval
+    reading --data as an IDX folder, or with another evaluation size or normalisation."""
+    out = folders / "run_eval"
+    code, _, stderr = _run(capfd, "--data", str(folders / "train"), "--val", str(folders / "val"), "--epochs", "1",
+                           "--workers", "0", "--out", str(out), *CLI_SMALL)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+
+    def evaluate(*args):
+        try:
+            code = main(["eval", str(out / "checkpoint.safetensors"), *args])
+        except SystemExit as e:
+            code = e.code
+        stdout, stderr = capfd.readouterr()
+        return code, stdout, stderr
+
+    code, stdout, stderr = evaluate("--data", str(folders / "train"), "--val", str(folders / "val"), "--workers", "0")
+    assert code == 0, stderr
+    got = json.loads(stdout)
+    assert got["skipped_files"] == 3
+    assert {k: got[k] for k in report["trained"]} == pytest.approx(report["trained"], rel=1e-6, abs=1e-9)
+    code, stdout, stderr = evaluate("--data", str(folders / "flat"), "--workers", "0")
+    assert code == 0, stderr
+    assert set(json.loads(stdout)) == {"effective_rank", "feature_z_std"}
+    code, _, stderr = evaluate("--dataset", "digits", "--val", str(folders / "val"))
+    assert code == 2 and "--val and --val-fraction are for a folder of images" in stderr
+
+
 def test_unlabelled_run_reports_health_metrics_only(folders, capfd):
     """A flat folder and no --val: health metrics (final loss, z_std, effective rank of a
     training sample's features), no kNN or linear numbers, and both report and summary say no
