@@ -37,7 +37,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _one_line_warnings() -> None:
+def _one_line_warnings(command: str) -> None:
     """A skipped file is one line on stderr (DataLoader workers, forked, inherit this)."""
     import warnings
 
@@ -47,7 +47,7 @@ def _one_line_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
         if issubclass(category, ImageSkippedWarning):
-            print(f"byol-rs train: warning: {message}", file=sys.stderr, flush=True)
+            print(f"byol-rs {command}: warning: {message}", file=sys.stderr, flush=True)
         else:
             plain(message, category, filename, lineno, file, line)
 
@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         fields["minutes"] = args.minutes
     learner = {k: getattr(args, k) for k in LEARNER_FLAGS if getattr(args, k) is not None}
     cfg = TrainConfig(learner=learner, **fields)
-    _one_line_warnings()
+    _one_line_warnings("train")
     bad_input = (TrainError, DatasetError, ByolError)
     try:
         trainer = Trainer(cfg, resume=args.resume, force=args.force)
@@ -158,7 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     learner = _load_learner(args.checkpoint)
     if args.data is not None and is_image_folder(args.data):
-        _one_line_warnings()
+        _one_line_warnings("eval")
         try:
             result = evaluate_folder(learner, args.data, val_dir=args.val, val_fraction=args.val_fraction,
                                      workers=args.workers, strict=args.strict, linear=not args.knn_only)

@@ -35,7 +35,7 @@ def _check_type(name: str, value: Any) -> Any:
                 raise ByolTypeError(f"{name}: expected a pair of floats, got {value!r}")
             return tuple(float(v) for v in value)
         return value
-    names = {"float_pair": "tuple", "float": "float"}.get(field["type"], field["type"])
+    names = "tuple" if field["type"] == "float_pair" else field["type"]
     raise ByolTypeError(f"{name}: expected {names}{' or None' if field['optional'] else ''}, got {type(value).__name__}")
 
 

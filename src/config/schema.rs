@@ -37,36 +37,25 @@ pub trait SchemaType {
     fn kind() -> Kind;
 }
 
-impl SchemaType for i64 {
-    fn kind() -> Kind {
-        Kind::Int
-    }
+macro_rules! schema_types {
+    ($($ty:ty => $kind:ident),+ $(,)?) => {
+        $(impl SchemaType for $ty {
+            fn kind() -> Kind {
+                Kind::$kind
+            }
+        })+
+    };
 }
-impl SchemaType for f64 {
-    fn kind() -> Kind {
-        Kind::Float
-    }
+
+schema_types! {
+    i64 => Int,
+    f64 => Float,
+    bool => Bool,
+    String => Str,
+    (f64, f64) => FloatPair,
+    crate::augment::config::AugmentConfig => Augment,
 }
-impl SchemaType for bool {
-    fn kind() -> Kind {
-        Kind::Bool
-    }
-}
-impl SchemaType for String {
-    fn kind() -> Kind {
-        Kind::Str
-    }
-}
-impl SchemaType for (f64, f64) {
-    fn kind() -> Kind {
-        Kind::FloatPair
-    }
-}
-impl SchemaType for crate::augment::config::AugmentConfig {
-    fn kind() -> Kind {
-        Kind::Augment
-    }
-}
+
 impl<T: SchemaType> SchemaType for Option<T> {
     fn kind() -> Kind {
         Kind::Optional(Box::new(T::kind()))
@@ -170,10 +159,6 @@ macro_rules! config_enum {
 
         impl $name {
             pub const CHOICES: &'static [&'static str] = &[$($text),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
         }
 
         impl $crate::config::schema::SchemaType for $name {

@@ -47,3 +47,18 @@ def train_until_interrupted(trainer, steps):
     trainer.learner.step = step_then_interrupt
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+
+
+def full_and_resumed(config, cut_at):
+    """``(full, resumed)``: a trainer on ``config("full")`` run to the end, and one on
+    ``config("cut")`` interrupted after ``cut_at`` steps, then resumed and run to the end."""
+    from byol_rs.trainer import Trainer
+
+    full = Trainer(config("full"))
+    full.train()
+    cut_cfg = config("cut")
+    train_until_interrupted(Trainer(cut_cfg), cut_at)
+    resumed = Trainer(cut_cfg, resume=True)
+    assert resumed.learner.step_count == cut_at
+    resumed.train()
+    return full, resumed

@@ -27,7 +27,7 @@ from byol_rs.cli import main  # noqa: E402
 from byol_rs.data import ImageFolder  # noqa: E402
 from byol_rs.sources import EpochBatchSampler, FolderSource, eval_transform  # noqa: E402
 from byol_rs.trainer import TrainConfig, Trainer, TrainError  # noqa: E402
-from learner_state import train_until_interrupted, trainer_weights  # noqa: E402
+from learner_state import full_and_resumed, trainer_weights  # noqa: E402
 
 PHOTOS = {"cat": skimage.data.chelsea, "coffee": skimage.data.coffee, "rocket": skimage.data.rocket}
 FORMATS = ((".jpg", "RGB", {"quality": 90}), (".png", "L", {}), (".webp", "RGB", {"lossless": True}),
@@ -268,14 +268,7 @@ def test_interrupted_folder_run_resumes_bit_identically(folders, stream):
     and losses of the run that was never stopped, and streamed and in-memory runs end alike.
     Fails with the resumed sampler started at step 0."""
     cfg = dict(data_dir=str(folders / "train"), val_fraction=0.25, epochs=2, workers=1, stream=stream, **SMALL)
-    full = Trainer(TrainConfig(out=str(folders / f"full{stream}"), **cfg))
-    full.train()
-    cut_cfg = TrainConfig(out=str(folders / f"cut{stream}"), **cfg)
-    cut = Trainer(cut_cfg)
-    train_until_interrupted(cut, 5)
-    resumed = Trainer(cut_cfg, resume=True)
-    assert resumed.learner.step_count == 5
-    resumed.train()
+    full, resumed = full_and_resumed(lambda name: TrainConfig(out=str(folders / f"{name}{stream}"), **cfg), 5)
     a, b = trainer_weights(full), trainer_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
     assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]

@@ -16,22 +16,14 @@ import byol_rs
 
 from byol_rs.cli import main
 from byol_rs.trainer import RECIPE, TrainConfig, Trainer, TrainError, view_size
-from learner_state import train_until_interrupted, trainer_weights
+from learner_state import full_and_resumed, trainer_weights
 
 TINY = dict(dataset="digits", batch_size=128, learner=dict(projector_hidden=64, projection_dim=32),
             progress=False, eval_every_minutes=0, checkpoint_every_minutes=60)
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
-    full = Trainer(TrainConfig(epochs=3, out=str(tmp_path / "full"), **TINY))
-    full.train()
-
-    cfg = TrainConfig(epochs=3, out=str(tmp_path / "cut"), **TINY)
-    cut = Trainer(cfg)
-    train_until_interrupted(cut, 13)
-    resumed = Trainer(cfg, resume=True)
-    assert resumed.learner.step_count == 13
-    resumed.train()
+    full, resumed = full_and_resumed(lambda name: TrainConfig(epochs=3, out=str(tmp_path / name), **TINY), 13)
     a, b = trainer_weights(full), trainer_weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
