@@ -54,9 +54,10 @@ def test_low_precision_step_matches_pytorch_autocast(precision):
       which moves an update by about one ulp of the dtype relative to the tensor (measured
       2e-8 for bf16, 1.4e-8 for fp16; 1.2e-3 for fp16 in an earlier build, 1.2 fp16 ulps).
     Each tolerance is K = 10 times its floor. Mutations checked by hand: the fp32 step in place
-    of autocast (the control below: its loss lands 1.5e-3-1.8e-3 (bf16) and 3e-5-1e-4 (fp16)
-    relative away, 300x and more the loss tolerance, and its weights 3.4x (bf16) and 7.7x
-    (fp16) the weight tolerance), and bf16 and fp16 swapped (fails both)."""
+    of autocast (the control below: its loss landed 1.5e-3-1.8e-3 (bf16) and 3e-5-1e-4 (fp16)
+    away on an AMD EPYC with AVX-512 BF16, and 1100-1300x (bf16) and 3.6-31x (fp16) the loss
+    tolerance on an Intel Xeon with AVX-512 FP16; its weights 3.4x (bf16) and 7.7-7.8x (fp16)
+    the weight tolerance on both), and bf16 and fp16 swapped (fails both)."""
     torch.manual_seed(0)
     dtype = DTYPES[precision]
     ours, ref = pair(precision)
@@ -74,8 +75,11 @@ def test_low_precision_step_matches_pytorch_autocast(precision):
         far.append(abs(full["loss"] - want["loss"]))
     ref_params = {k: v.detach() for k, v in ref.online_named_parameters()}
     assert max_rel(ours.named_parameters(), ref_params) <= weight_tol
-    # The control: autocast really ran (fp32 lands measurably elsewhere, in loss and weights).
-    assert min(far) > 10 * loss_tol
+    # The control: autocast really ran. The fp32 step would fail both checks above: its loss leaves
+    # the loss tolerance on some step, and its weights leave the weight tolerance. How far fp32
+    # lands depends on the CPU's half-precision kernels (fp16, step 0: 3e-5 on an AMD EPYC,
+    # 1.7e-5 on an Intel Xeon with AVX-512 FP16), so the control asks only that they catch it.
+    assert max(far) > loss_tol, far
     assert max_rel(fp32.named_parameters(), ref_params) > weight_tol
 
 
