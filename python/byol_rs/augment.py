@@ -20,6 +20,21 @@ IMAGENET_STD = tuple(_DEFAULTS["std"])
 #: Per-view settings and their types; any of them can be passed to ``Augment`` (both views)
 #: or inside ``view1=`` / ``view2=`` dicts (one view).
 VIEW_FIELDS = {key: tuple if isinstance(value, list) else type(value) for key, value in _DEFAULTS["view1"].items()}
+
+
+def smallest_crop_side(size: int, views: Sequence[Dict[str, Any]] = (_DEFAULTS["view1"], _DEFAULTS["view2"])) -> int:
+    """The shorter image side at which the smallest random resized crop of ``views`` (area
+    ``crop_scale[0]`` of the image, aspect ratio up to ``crop_ratio[1]``) still spans ``size``
+    pixels each way: ``ceil(size * sqrt(ratio_max / scale_min))``, 915 for the paper's 224 px
+    views. The crop's shorter side is ``sqrt(scale * W * H / ratio) >= H * sqrt(scale / ratio)``
+    for an image whose shorter side is H, so from images this large every crop is a
+    downsampling: more pixels (a JPEG decoded at full size rather than at reduced scale) add
+    no detail at the views' size."""
+    scale = min(v["crop_scale"][0] for v in views)
+    ratio = max(max(v["crop_ratio"][1], 1 / v["crop_ratio"][0]) for v in views)
+    return math.ceil(size * math.sqrt(ratio / scale))
+
+
 #: A batch ``[N, C, H, W]`` (or NHWC), or a list of ``[C, H, W]`` (or HWC) images of any sizes.
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

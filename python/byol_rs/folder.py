@@ -1,13 +1,14 @@
 """A folder of image files (JPEG, PNG, WebP) as a ``torch.utils.data.Dataset``.
 
 Items are uint8 ``[C, H, W]`` tensors at each file's own size (optionally capped by
-``max_side``), so a batch is ragged: :func:`collate_images` keeps it as a list. An item is a
-view of the memory its decoder wrote, usually interleaved ``[H, W, C]``, so it need not be
-contiguous (``.contiguous()`` makes a planar copy); byol-rs reads either order.
+``max_side``, or JPEGs reduced towards ``draft_side``), so a batch is ragged:
+:func:`collate_images` keeps it as a list. An item is a view of the memory its decoder
+wrote, usually interleaved ``[H, W, C]``, so it need not be contiguous (``.contiguous()``
+makes a planar copy); byol-rs reads either order.
 
 Decoding is torchvision.io's (libjpeg-turbo, libpng, libwebp); PIL is used only where
-torchvision raises, and for JPEG reduced-size (DCT-scaled) decoding under ``max_side``.
-torchvision is needed at run time (``pip install torchvision``); it brings PIL with it.
+torchvision raises, and for JPEG reduced-size (DCT-scaled) decoding under ``max_side`` and
+``draft_side``. torchvision is needed at run time (``pip install torchvision``); it brings PIL with it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def scaled_size(height: int, width: int, max_side: Optional[int]) -> Tuple[int, 
     return (max_side, short(width)) if height >= width else (short(height), max_side)
 
 
+def reduced_scale(height: int, width: int, draft_side: Optional[int]) -> int:
+    """The JPEG DCT scale denominator (8, 4, 2, or 1 for none) that ``draft_side`` allows: the
+    largest whose reduced image keeps its shorter side at ``draft_side`` or more."""
+    if draft_side is not None:
+        for k in (8, 4, 2):
+            if min(height, width) // k >= draft_side:
+                return k
+    return 1
+
+
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma in fixed point, bit-identical to PIL's ``convert("L")``."""
     x = rgb.to(torch.int32)
@@ -67,18 +78,18 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     return ((t.to(torch.int32).clamp_(0, 65535) * 2 + 257) // 514).to(torch.uint8)
 
 
-def _pil_decode(data: bytes, max_side: Optional[int]) -> Tuple[torch.Tensor, Optional[Tuple[float, float]]]:
-    """PIL's decode to uint8 [1 or 3, H, W]. With ``max_side``, a JPEG is DCT-scaled (draft
-    mode) and the second value is the (height, width) the file's pixels span in the reduced
-    image: fractional where the last block row or column is partial."""
+def _pil_decode(data: bytes, draft: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, Optional[Tuple[float, float]]]:
+    """PIL's decode to uint8 [1 or 3, H, W]. With ``draft`` (height, width), a JPEG is
+    DCT-scaled (draft mode) to the largest 1/2, 1/4 or 1/8 scale still at least that size,
+    and the second value is the (height, width) the file's pixels span in the reduced image:
+    fractional where the last block row or column is partial."""
     import numpy as np
     from PIL import Image
 
     region = None
     with Image.open(io.BytesIO(data)) as im:
-        if max_side is not None and im.format == "JPEG":
-            h, w = scaled_size(im.height, im.width, max_side)
-            drafted = im.draft("RGB", (w, h))  # the largest 1/2, 1/4 or 1/8 scale still >= (w, h)
+        if draft is not None and im.format == "JPEG":
+            drafted = im.draft("RGB", (draft[1], draft[0]))
             region = (drafted[1][3], drafted[1][2]) if drafted else None
         im.load()
         if im.mode.startswith("I"):  # 16/32-bit grey: I;16, I;16B, I
@@ -113,7 +124,7 @@ def _resize(img: torch.Tensor, size: Tuple[int, int], region: Optional[Tuple[flo
     return out if native else out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _decode(path: str, channels: int, max_side: Optional[int]) -> torch.Tensor:
+def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optional[int] = None) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
@@ -138,15 +149,25 @@ def _decode(path: str, channels: int, max_side: Optional[int]) -> torch.Tensor:
     # PIL's (0.64-0.77 against 1.16-1.44 ms at 427x640; 7.0-8.8 against 17-31 at 1500x2000).
     # DCT scaling is about a box filter: against PIL's bilinear resize of the full decode,
     # max/mean abs diff 67/3.4 levels, as PIL's BOX resize (77/3.3) differs from it.
-    if max_side is not None and data[:3] == b"\xff\xd8\xff":
+    # Under draft_side nothing is resized: the reduced decode is the item (its shorter side
+    # draft_side to 2 x draft_side - 1). 4032x3024 photos at quality 92, ms per image on one
+    # core: torchvision's full decode 50, PIL's draft to 1/2 35, 1/4 20, 1/8 16 (the entropy
+    # decoding of the whole file stays; the inverse DCT, colour conversion and memory shrink).
+    if (max_side is not None or draft_side is not None) and data[:3] == b"\xff\xd8\xff":
         try:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                h, w = scaled_size(im.height, im.width, max_side)
-                shrinks = min(im.width // w, im.height // h) >= 2
+                if max_side is not None:
+                    h, w = scaled_size(im.height, im.width, max_side)
+                    shrinks = min(im.width // w, im.height // h) >= 2
+                    draft = (h, w)
+                else:
+                    k = reduced_scale(im.height, im.width, draft_side)
+                    shrinks, draft = k > 1, (im.height // k, im.width // k)
             if shrinks:
-                (img, region), target = _pil_decode(data, max_side), (h, w)
+                img, region = _pil_decode(data, draft)
+                target = draft if max_side is not None else None
         except Exception:  # noqa: BLE001 - leave the verdict to the full decode below
             img = target = region = None
     if img is None:
@@ -205,7 +226,12 @@ class ImageFolder(torch.utils.data.Dataset):
     - **Items** are ``(image, label)``: ``image`` uint8 ``[channels, H, W]``, contiguous, at
       the file's size, or with the longer side scaled down to ``max_side`` if it exceeds it
       (:func:`scaled_size`; JPEGs decoded at reduced DCT scale where that helps, then an
-      antialiased bilinear resize to the exact size).
+      antialiased bilinear resize to the exact size). With ``draft_side`` instead, a JPEG
+      whose shorter side is at least twice ``draft_side`` decodes at the smallest DCT scale
+      (1/2, 1/4, 1/8) that keeps its shorter side at ``draft_side`` or more, and is not
+      resized (:func:`reduced_scale`); other files decode whole. That is for consumers
+      that resample anyway, such as the views' crops: ``byol-rs train`` sets it so that the
+      smallest crop still spans the view's size in pixels.
     - **Bad files** (unreadable, empty, truncated, corrupt, not an image): with
       ``strict=False`` each is skipped with an :class:`ImageSkippedWarning` naming it, and the
       next readable sample (index + 1, + 2, ..., wrapping) is returned in its place, so a
@@ -222,18 +248,22 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: "str | os.PathLike[str]", *, channels: int = 3,
-                 max_side: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 strict: bool = False) -> None:
+                 max_side: Optional[int] = None, draft_side: Optional[int] = None,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, strict: bool = False) -> None:
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ByolValueError(f"channels: expected 1 or 3, got {channels!r}")
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
             raise ByolValueError(f"max_side: expected None or an int >= 1, got {max_side!r}")
+        if draft_side is not None and (isinstance(draft_side, bool) or not isinstance(draft_side, int) or draft_side < 1):
+            raise ByolValueError(f"draft_side: expected None or an int >= 1, got {draft_side!r}")
+        if max_side is not None and draft_side is not None:
+            raise ByolValueError(f"max_side={max_side}, draft_side={draft_side}: give at most one of them")
         try:
             import torchvision.io  # noqa: F401
         except ImportError:
             raise DatasetError("ImageFolder decodes with torchvision.io: pip install torchvision") from None
         self.root = os.path.expanduser(os.fspath(root))
-        self.channels, self.max_side, self.strict = channels, max_side, bool(strict)
+        self.channels, self.max_side, self.draft_side, self.strict = channels, max_side, draft_side, bool(strict)
         self.extensions = _check_extensions(extensions)
         self.classes, self.class_to_idx, self.samples = self._scan()
         self.targets = [label for _, label in self.samples]
@@ -302,7 +332,7 @@ class ImageFolder(torch.utils.data.Dataset):
         """The image of ``samples[index]``, with no skipping; :class:`ImageDecodeError` if bad."""
         path = self.samples[index][0]
         try:
-            return _decode(path, self.channels, self.max_side)
+            return _decode(path, self.channels, self.max_side, self.draft_side)
         except _Unreadable as e:
             raise ImageDecodeError(f"{path}: {e}") from None
 
@@ -317,7 +347,7 @@ class ImageFolder(torch.utils.data.Dataset):
                 continue
             path, label = self.samples[j]
             try:
-                return _decode(path, self.channels, self.max_side), label
+                return _decode(path, self.channels, self.max_side, self.draft_side), label
             except _Unreadable as e:
                 if self.strict:
                     raise ImageDecodeError(f"{path}: {e}") from None
@@ -337,7 +367,7 @@ class ImageFolder(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         return (f"ImageFolder({self.root!r}, {len(self)} images, {kind}, channels={self.channels}, "
-                f"max_side={self.max_side}, strict={self.strict})")
+                f"max_side={self.max_side}, draft_side={self.draft_side}, strict={self.strict})")
 
 
 def collate_images(batch: Sequence[Tuple[torch.Tensor, int]]) -> Tuple[List[torch.Tensor], torch.Tensor]:
@@ -386,4 +416,4 @@ def _memory_order(image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, in
 
 
 __all__ = ["ImageFolder", "ImageSkippedWarning", "ImageDecodeError", "NoReadableImageError",
-           "collate_images", "scaled_size", "IMAGE_EXTENSIONS"]
+           "collate_images", "scaled_size", "reduced_scale", "IMAGE_EXTENSIONS"]

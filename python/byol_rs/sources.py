@@ -16,6 +16,7 @@ resumed at step s sees the batches the uninterrupted run saw from s on.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import re
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 
 from . import data as datasets
+from .augment import smallest_crop_side
 from .data import DatasetError, ImageData
 from .eval import embed_all
 from .folder import ImageDecodeError, ImageFolder, collate_images
@@ -271,9 +273,14 @@ def eval_transform(image: torch.Tensor, size: int, ratio: float = EVAL_CROP_RATI
 
 
 class EvalImages(torch.utils.data.Dataset):
-    """An :class:`ImageFolder`'s items as evaluation sees them: ``(eval_transform(image), label)``."""
+    """An :class:`ImageFolder`'s items as evaluation sees them: ``(eval_transform(image), label)``.
+    Unless the folder caps sizes itself (``max_side``), JPEGs decode at reduced DCT scale down
+    to the side the transform resizes to (``draft_side``), as its resize would shrink them anyway."""
 
     def __init__(self, folder: ImageFolder, size: int, ratio: float = EVAL_CROP_RATIO) -> None:
+        if folder.max_side is None:
+            folder = copy.copy(folder)  # the same files and record of skipped ones
+            folder.draft_side = eval_resize_side(size, ratio)
         self.folder, self.size, self.ratio = folder, size, ratio
 
     def __len__(self) -> int:
@@ -352,7 +359,10 @@ class FolderSource(Source):
     Recipe, by the median shorter side of the files: small images (at most 64 px) train as the
     IDX path does, on small-image views of ``view_fraction`` of their side, and are evaluated
     whole at their own size; photos train on the paper's views (``Augment.byol``) at
-    ``--image-size`` and are evaluated with the standard 0.875 centre crop."""
+    ``--image-size`` and are evaluated with the standard 0.875 centre crop. Large JPEGs (phone
+    photos) decode at reduced DCT scale: for training down to the side at which the smallest
+    crop still spans the views' size (:func:`~byol_rs.augment.smallest_crop_side`, 915 px
+    for 224 px views), for evaluation down to the side it resizes to."""
 
     def __init__(self, cfg: "TrainConfig", workers: int, device: str) -> None:
         self.root = os.path.expanduser(cfg.data_dir)
@@ -423,6 +433,8 @@ class FolderSource(Source):
         self.view_size = self.image_size
         self.small_image = self.image_size < SMALL_STEM_BELOW
         self.paper_views = not self.small_images
+        if self.paper_views:  # JPEGs decode at reduced scale while every crop stays a downsampling
+            self.train.draft_side = smallest_crop_side(self.view_size)
         fits = sum(w * h for w, h, _ in headers) * self.channels <= MEMORY_BYTES
         self.in_memory = self.small_images and fits and not cfg.stream
         self.mean, self.std, self.decode_seconds = self._mean_std()
@@ -560,7 +572,7 @@ class FolderSource(Source):
     def describe(self) -> str:
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         evaluation = f"{self.num_eval} evaluation images ({self.eval_from})" if self.labelled else "no labelled set"
-        loading = "decoded into memory" if self.in_memory else f"{self.workers} loader workers"
+        loading = "decoded into memory" if self.in_memory else f"{self.workers} loader worker{'' if self.workers == 1 else 's'}"
         return (f"{self.root} ({self.num_train} training images, {kind}; {evaluation}; {self.image_size} px views; "
                 f"{loading})")
 

@@ -31,8 +31,14 @@ from .sources import view_size  # noqa: F401 - re-exported: it was defined here
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "trainer_state.json"
-# The progress bar shows the loss every this many steps (reading it waits for a GPU).
+# The progress bar shows the loss every this many steps (reading it waits for a GPU), or
+# after this many seconds when steps are slow.
 POSTFIX_EVERY = 25
+POSTFIX_EVERY_SECONDS = 2.0
+# A time-budgeted run re-plans its length after this share of the run, then after this share
+# of what remains each time, counted in steps or in time (Trainer._replan_after).
+FIRST_REPLAN, LATER_REPLANS = 0.15, 0.25
+REPLAN_MIN_STEPS = 3  # steps a re-plan's speed is measured over, at the least
 # New rows go to metrics.csv this often, and at each checkpoint.
 ROWS_EVERY_SECONDS = 5.0
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
@@ -412,8 +418,8 @@ class Trainer:
         bar = progress(self.total_steps, start_step, enabled=cfg.progress and self.rank == 0)
         last_rows = time.perf_counter()
         last_eval = last_ckpt = time.perf_counter()
-        t_prev = time.perf_counter()
-        replan_at = self._replan_step(start_step)
+        t_prev = last_postfix = time.perf_counter()
+        replan = self._replan_after(start_step, FIRST_REPLAN) if self._replans() else None
         stepping = 0.0  # step time since the last re-plan
         eval_seconds = 0.0  # kNN checks in this call
         step = window_start = start_step
@@ -437,9 +443,10 @@ class Trainer:
                        "seconds": round(self.elapsed, 2), "loss": None, "lr": m["lr"],
                        "tau": m["tau"], "z_std": None, "knn": ""}
                 self._unread.append((row, m))
-                if step == replan_at:
+                if replan is not None and step < self.total_steps and (
+                        step >= replan[0] or (stepping >= replan[1] and step - window_start >= REPLAN_MIN_STEPS)):
                     self._replan(step, stepping / (step - window_start), eval_seconds)
-                    replan_at = self._next_replan_step(step)
+                    replan = self._replan_after(step, LATER_REPLANS)
                     stepping, window_start = 0.0, step
                     bar.total = self.total_steps
                 eval_due, ckpt_due = self._due(
@@ -458,7 +465,9 @@ class Trainer:
                 if ckpt_due:
                     self._save()
                     last_ckpt = t_prev = time.perf_counter()
-                if step % POSTFIX_EVERY == 0 or step in (start_step + 1, self.total_steps):
+                if (step % POSTFIX_EVERY == 0 or step in (start_step + 1, self.total_steps)
+                        or now - last_postfix >= POSTFIX_EVERY_SECONDS):
+                    last_postfix = now
                     waited = (self.data_wait - wait_before) / max(self.elapsed - elapsed_before, 1e-9)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", img_s=f"{cfg.batch_size / max(step_seconds, 1e-9):.0f}",
                                     lr=f"{m['lr']:.3g}", tau=f"{m['tau']:.4f}", wait=f"{100 * waited:.0f}%",
@@ -489,19 +498,21 @@ class Trainer:
         dist.all_gather_object(per_rank, skipped)
         return sorted({path for paths in per_rank for path in paths})
 
-    def _replan_step(self, start_step: int) -> Optional[int]:
-        """When a time-budgeted single-process run re-plans its length: after 15 % of the
-        planned steps (at least 50) of this call. None for epoch budgets and torchrun."""
-        if self.cfg.epochs is not None or self.cfg.minutes is None or self.world > 1:
-            return None
-        at = start_step + max(50, int(0.15 * self.total_steps))
-        return at if at < self.total_steps else None
+    def _replans(self) -> bool:
+        """Whether the run re-plans its length as it goes: time-budgeted single-process runs."""
+        return self.cfg.epochs is None and self.cfg.minutes is not None and self.world == 1
 
-    def _next_replan_step(self, step: int) -> Optional[int]:
-        """The next re-plan, a quarter of the remaining steps on (at least 50): the machine's
-        speed drifts during a run too (one slowed by a fifth half way and overran by 46 s)."""
-        at = step + max(50, (self.total_steps - step) // 4)
-        return at if at < self.total_steps else None
+    def _replan_after(self, step: int, fraction: float) -> Tuple[int, float]:
+        """When the next re-plan is due, ``(step, seconds)``: ``fraction`` of the remaining steps
+        on (at least 50), or once ``fraction`` of the remaining time has been spent stepping
+        (after at least REPLAN_MIN_STEPS steps), whichever comes first. The first comes after
+        15 % of the run, each later one after a quarter of what remains: the machine's speed
+        drifts during a run (one slowed by a fifth half way and overran by 46 s), and the
+        probe times the step alone, so a run that waits for its loader (phone photos decoded
+        on one core: 8 s a step against 2 s probed) overran its 2 minutes 3.5 times over when
+        only the step count could trigger a re-plan."""
+        steps = max(50, int(fraction * (self.total_steps - step)))
+        return step + steps, fraction * (self.cfg.minutes * 60 - self.elapsed)
 
     def _replan(self, step: int, per_step: float, eval_seconds: float) -> None:
         """Sets the schedules' length so that the run ends on time at the step time measured

@@ -40,6 +40,10 @@ RESIZE_TOL = 1
 # alone, about a box filter; PIL's BOX resize differs from its BILINEAR by 2.90 there). Over
 # 4 full photos x RGB/L/CMYK x max_side 64..300: max 67, mean <= 3.4 (BOX: 77, 3.3).
 DRAFT_MAX, DRAFT_MEAN = 32, 3.0
+# JPEG DCT-scaled by 1/k alone (draft_side), against PIL's BOX reduction by k of the full
+# decode over whole blocks, measured on these fixtures at k = 2, 4, 8: max 50 (rocket.jpeg's
+# 4:2:2 chroma at edges), mean <= 1.24 levels.
+DCT_BOX_MAX, DCT_BOX_MEAN = 64, 2.0
 
 
 def _crop(a, h, w, y=0, x=0):
@@ -235,6 +239,37 @@ def test_max_side(photos, max_side):
         img, _ = gray[i]
         h0, w0 = ref[gray.samples[i][0]].shape[:2]
         assert img.shape == (1, *_closed_form(h0, w0, max_side))
+
+
+@pytest.mark.parametrize("draft_side", [30, 64, 1000])
+def test_draft_side(photos, draft_side):
+    """A JPEG whose shorter side holds draft_side at least twice decodes at the smallest DCT
+    scale 1/k (k in 8, 4, 2) that keeps its shorter side >= draft_side, with libjpeg's scaled
+    size (ceil(side / k)) and no resize: equal to PIL's own draft decode, and close to PIL's
+    BOX reduction of the full decode by k (within DCT_BOX_MAX and DCT_BOX_MEAN). Every other file decodes whole, exactly. Fails with k one step too small or too
+    large (>= against >), with k from the longer side, or with a resize after the draft."""
+    root, ref = photos
+    ds = ImageFolder(root, draft_side=draft_side)
+    drafted = 0
+    for i, (path, _) in enumerate(ds.samples):
+        img, _ = ds[i]
+        h0, w0 = ref[path].shape[:2]
+        k = next((k for k in (8, 4, 2) if min(h0, w0) // k >= draft_side), 1)
+        if not path.lower().endswith((".jpg", ".jpeg")) or k == 1:
+            assert np.array_equal(_rgb(img), ref[path]), path
+            continue
+        drafted += 1
+        h, w = -(-h0 // k), -(-w0 // k)
+        assert img.shape == (3, h, w) and min(h, w) >= draft_side, (path, tuple(img.shape), k)
+        with Image.open(path) as im:
+            im.draft("RGB", (w0 // k, h0 // k))
+            assert np.array_equal(_rgb(img), np.asarray(im.convert("RGB"))), path
+        # over the whole k x k blocks (a partial last block spans less than a pixel of the file)
+        hb, wb = h0 // k, w0 // k
+        box = np.asarray(Image.fromarray(_crop(ref[path], hb * k, wb * k)).resize((wb, hb), Image.BOX)).astype(int)
+        d = np.abs(_rgb(img)[:hb, :wb].astype(int) - box)
+        assert d.max() <= DCT_BOX_MAX and d.mean() <= DCT_BOX_MEAN, (path, d.max(), d.mean())
+    assert drafted == {30: 6, 64: 6, 1000: 0}[draft_side]
 
 
 def test_pil_fallback_for_formats_torchvision_cannot_read(tmp_path):

@@ -426,6 +426,44 @@ def test_recipe_follows_the_image_size(tmp_path):
     assert tuple(views["view1"]["crop_scale"]) == (0.08, 1.0)
 
 
+@pytest.mark.parametrize("view", [16, 64, 96, 224])
+def test_smallest_crop_side_is_the_closed_form_boundary(view):
+    """At ``smallest_crop_side(view)`` the paper's smallest crop (area 0.08, aspect 4/3) spans
+    ``view`` px on its shorter side, one pixel less and it does not. Fails with the aspect bound
+    or the scale bound left out, or with floor for ceil."""
+    from byol_rs.augment import smallest_crop_side
+
+    side = smallest_crop_side(view)
+    crop_short = lambda h: np.sqrt(0.08 * h * h / (4 / 3))  # noqa: E731 - square image, widest crop
+    assert crop_short(side) >= view > crop_short(side - 1)
+
+
+def test_large_jpegs_decode_at_reduced_scale_for_training_and_evaluation(tmp_path):
+    """Photos much larger than the views: a JPEG trains from its DCT-reduced decode down to
+    ``smallest_crop_side(view)`` (262 px for 64 px views: 1200x1600 at 1/4 is 300x400), a PNG
+    from its full decode; evaluation decodes down to its resize side (73 px: 1/8) and gives
+    what the full decode's transform gives within DCT rounding. Fails without the training
+    folder's draft_side, without the evaluation's own, or with the evaluation's set on the
+    training folder itself (it would shrink training decodes to 1/8)."""
+    from byol_rs.augment import smallest_crop_side
+    from byol_rs.sources import EvalImages
+
+    photo = skimage.data.coffee()
+    (tmp_path / "c").mkdir()
+    for i, ext in enumerate((".jpg", ".jpg", ".png")):
+        Image.fromarray(photo[:, i * 50:i * 50 + 400]).resize((1600, 1200), Image.BICUBIC).save(tmp_path / "c" / f"{i}{ext}", quality=95)
+    src = FolderSource(TrainConfig(data_dir=str(tmp_path), **{**SMALL, "image_size": 64}), workers=0, device="cpu")
+    assert src.paper_views and src.train.draft_side == smallest_crop_side(64) == 262
+    shapes = [tuple(src.train[i][0].shape) for i in range(3)]
+    assert shapes == [(3, 300, 400), (3, 300, 400), (3, 1200, 1600)]
+    ev = EvalImages(src.train, 64, 0.875)
+    assert ev.folder.draft_side == 73 and src.train.draft_side == 262
+    full = ImageFolder(tmp_path)
+    for i in range(3):
+        got, want = ev[i][0].int(), eval_transform(full[i][0], 64, 0.875).int()
+        assert got.shape == (3, 64, 64) and (got - want).abs().float().mean() <= 2.0, i
+
+
 def test_grey_folders_train_on_one_channel(tmp_path):
     """Every file grey (L, 16-bit I;16): one channel, and batches of [1, H, W]; one RGB file
     among them: three. Fails with the channel count fixed at 3."""

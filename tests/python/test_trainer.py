@@ -36,17 +36,40 @@ def test_time_budgeted_run_replans_its_length_from_measured_speed(tmp_path, monk
     time at the speed it measured. Here the probe is made to report 10 ms a step."""
     monkeypatch.setattr(Trainer, "_time_steps", lambda self: 100)
     t = Trainer(TrainConfig(minutes=0.05, out=str(tmp_path), **TINY))
-    assert t.total_steps == 100 and t._replan_step(0) == 50
+    assert t.total_steps == 100 and t._replan_after(0, 0.15) == (50, pytest.approx(0.15 * 3))
     t._replan(50, per_step=0.01, eval_seconds=0.5)
     want = 50 + int((0.05 * 60 - t.elapsed - 0.5) / 0.01)
     assert t.total_steps == want == t.learner.config["total_steps"]
-    # Later re-plans come a quarter of the remaining steps on (at least 50), none in the last 50.
-    t.total_steps = 1000
-    assert [t._next_replan_step(s) for s in (150, 800, 960)] == [362, 850, None]
+    # Later re-plans come a quarter of the remaining steps on (at least 50), or after a quarter
+    # of the remaining time.
+    t.total_steps, t.elapsed = 1000, 1.0
+    assert [t._replan_after(s, 0.25)[0] for s in (150, 800, 960)] == [362, 850, 1010]
+    assert t._replan_after(150, 0.25)[1] == pytest.approx(0.25 * 2.0)
     t._replan(50, per_step=10.0, eval_seconds=0.0)  # far too slow: stop where it is
     assert t.total_steps == 50
     result = t.train()
     assert result["steps"] == t.learner.step_count == t.total_steps
+
+
+def test_a_run_slower_than_its_probe_replans_on_time_not_steps(tmp_path, monkeypatch):
+    """The probe times the step alone; a run whose steps take longer (here: a loader that sleeps
+    0.2 s a batch) re-plans after 15 % of its time budget, long before 15 % of its planned
+    steps, and ends near its budget (measured: 25 steps in 5.9 s). Checked by hand: with the
+    re-plan by step count alone it re-plans only at step 60, 12 s into its 6 s budget."""
+    monkeypatch.setattr(Trainer, "_time_steps", lambda self: 400)
+    t = Trainer(TrainConfig(minutes=0.1, out=str(tmp_path), **TINY))
+    batches = t.source.batches
+
+    def slow(sampler):
+        for b in batches(sampler):
+            time.sleep(0.2)
+            yield b
+    monkeypatch.setattr(t.source, "batches", slow)
+    start = time.perf_counter()
+    result = t.train()
+    took = time.perf_counter() - start
+    assert result["steps"] < 60 and took < 1.5 * 6, (result, took)
+    assert t.learner.config["total_steps"] == result["steps"]
 
 
 def test_report_files_and_gain_fields(tmp_path):
