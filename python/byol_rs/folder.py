@@ -25,6 +25,7 @@ from .data import DatasetError
 from .errors import ByolTypeError, ByolValueError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageSkippedWarning(UserWarning):
@@ -78,11 +79,39 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     return ((t.to(torch.int32).clamp_(0, 65535) * 2 + 257) // 514).to(torch.uint8)
 
 
-def _pil_decode(data: bytes, draft: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, Optional[Tuple[float, float]]]:
-    """PIL's decode to uint8 [1 or 3, H, W]. With ``draft`` (height, width), a JPEG is
-    DCT-scaled (draft mode) to the largest 1/2, 1/4 or 1/8 scale still at least that size,
-    and the second value is the (height, width) the file's pixels span in the reduced image:
-    fractional where the last block row or column is partial."""
+def _orientation(im: Any) -> int:
+    """The EXIF orientation (1-8) of an open PIL image; 1 where there is none or it is bad."""
+    try:
+        value = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not make the image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``[C, H, W]`` turned upright for its EXIF orientation, as PIL's ``ImageOps.exif_transpose``."""
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-2, -1)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(-2, -1)
+    if orientation == 6:
+        return img.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return img.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return img.rot90(1, (-2, -1))
+    return img
+
+
+def _pil_decode(data: bytes, draft: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, Optional[Tuple[float, float]], int]:
+    """PIL's decode to uint8 [1 or 3, H, W] as stored, its region and its EXIF orientation. With
+    ``draft`` (height, width), a JPEG is DCT-scaled (draft mode) to the largest 1/2, 1/4 or
+    1/8 scale still at least that size, and the region is the (height, width) the file's pixels
+    span in the reduced image: fractional where the last block row or column is partial."""
     import numpy as np
     from PIL import Image
 
@@ -92,11 +121,22 @@ def _pil_decode(data: bytes, draft: Optional[Tuple[int, int]]) -> Tuple[torch.Te
             drafted = im.draft("RGB", (draft[1], draft[0]))
             region = (drafted[1][3], drafted[1][2]) if drafted else None
         im.load()
+        orientation = _orientation(im)
         if im.mode.startswith("I"):  # 16/32-bit grey: I;16, I;16B, I
-            return _to_uint8(torch.from_numpy(np.array(im, dtype=np.int32))).unsqueeze(0), region
+            return _to_uint8(torch.from_numpy(np.array(im, dtype=np.int32))).unsqueeze(0), region, orientation
         a = np.array(im.convert("L" if im.mode in ("1", "L", "LA", "F") else "RGB"))
     t = torch.from_numpy(a)
-    return (t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)), region
+    return (t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)), region, orientation
+
+
+def _webp_orientation(data: bytearray) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _orientation(im)
+    except Exception:  # noqa: BLE001 - torchvision decoded it: the pixels stand as they are
+        return 1
 
 
 def _resize(img: torch.Tensor, size: Tuple[int, int], region: Optional[Tuple[float, float]]) -> torch.Tensor:
@@ -124,7 +164,8 @@ def _resize(img: torch.Tensor, size: Tuple[int, int], region: Optional[Tuple[flo
     return out if native else out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optional[int] = None) -> torch.Tensor:
+def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optional[int] = None,
+            exif_orientation: bool = True) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
@@ -135,6 +176,7 @@ def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optio
     if not data:
         raise _Unreadable("the file is empty (0 bytes)")
     img = target = region = None
+    turn = 1  # the EXIF orientation still to apply: PIL's routes and WebP (torchvision's JPEG and PNG apply it)
     # Decode route for JPEGs under max_side. Measured on one core (torch.set_num_threads(1))
     # with max_side=256, ms per image, min of 15-40 runs, same run, shared 2-core machine:
     #                 torchvision full decode + resize   this code: PIL draft (DCT scaling) + resize
@@ -165,19 +207,23 @@ def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optio
                 else:
                     k = reduced_scale(im.height, im.width, draft_side)
                     shrinks, draft = k > 1, (im.height // k, im.width // k)
-            if shrinks:
-                img, region = _pil_decode(data, draft)
+            if shrinks:  # sizes as stored; the orientation is applied last
+                img, region, turn = _pil_decode(data, draft)
                 target = draft if max_side is not None else None
         except Exception:  # noqa: BLE001 - leave the verdict to the full decode below
             img = target = region = None
+            turn = 1
     if img is None:
         try:
-            img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            img = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB,
+                               apply_exif_orientation=exif_orientation)
             img = img[0] if img.dim() == 4 else img  # an animated GIF: its first frame
             img = _to_uint8(img)
+            if exif_orientation and data[8:12] == b"WEBP":  # torchvision leaves WebP's EXIF alone
+                turn = _webp_orientation(data)
         except Exception as e:  # noqa: BLE001 - any decoder failure means: try PIL
             try:
-                img = _pil_decode(bytes(data), None)[0]
+                img, _, turn = _pil_decode(bytes(data), None)
             except Exception as e2:  # noqa: BLE001 - a decoder may raise anything on bad bytes
                 raise _Unreadable(f"not a readable image (torchvision: {_one_line(e)}; "
                                   f"PIL: {_one_line(e2)})") from None
@@ -188,6 +234,8 @@ def _decode(path: str, channels: int, max_side: Optional[int], draft_side: Optio
     h, w = target or scaled_size(img.shape[1], img.shape[2], max_side)  # from the full size
     if (h, w) != tuple(img.shape[1:]):
         img = _resize(img, (h, w), region)
+    if exif_orientation:
+        img = _orient(img, turn)
     if channels == 3 and img.shape[0] == 1:
         img = img.expand(3, -1, -1)
     # The decoders write [H, W, C] memory and hand out a [C, H, W] view of it. It is kept: a
@@ -222,7 +270,9 @@ class ImageFolder(torch.utils.data.Dataset):
       where torchvision raises. Grey, grey+alpha, RGB, RGBA, palette, CMYK and 16-bit files
       become ``channels`` (1 or 3) channels: alpha is dropped (not composited), 16-bit
       samples are rounded to ``v / 257``, colour to grey is ITU-R 601 luma as PIL's ``"L"``.
-      EXIF orientation is not applied (neither torchvision's nor PIL's loader applies it).
+      With ``exif_orientation`` (the default) a file's EXIF orientation is applied, as photo
+      viewers do, so a phone's portrait photo stored sideways is upright; torchvision's and
+      lightly's ImageFolder loaders ignore it (``exif_orientation=False``).
     - **Items** are ``(image, label)``: ``image`` uint8 ``[channels, H, W]``, contiguous, at
       the file's size, or with the longer side scaled down to ``max_side`` if it exceeds it
       (:func:`scaled_size`; JPEGs decoded at reduced DCT scale where that helps, then an
@@ -249,13 +299,16 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root: "str | os.PathLike[str]", *, channels: int = 3,
                  max_side: Optional[int] = None, draft_side: Optional[int] = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS, strict: bool = False) -> None:
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, strict: bool = False,
+                 exif_orientation: bool = True) -> None:
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ByolValueError(f"channels: expected 1 or 3, got {channels!r}")
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
             raise ByolValueError(f"max_side: expected None or an int >= 1, got {max_side!r}")
         if draft_side is not None and (isinstance(draft_side, bool) or not isinstance(draft_side, int) or draft_side < 1):
             raise ByolValueError(f"draft_side: expected None or an int >= 1, got {draft_side!r}")
+        if not isinstance(exif_orientation, bool):
+            raise ByolTypeError(f"exif_orientation: expected True or False, got {exif_orientation!r}")
         if max_side is not None and draft_side is not None:
             raise ByolValueError(f"max_side={max_side}, draft_side={draft_side}: give at most one of them")
         try:
@@ -264,6 +317,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise DatasetError("ImageFolder decodes with torchvision.io: pip install torchvision") from None
         self.root = os.path.expanduser(os.fspath(root))
         self.channels, self.max_side, self.draft_side, self.strict = channels, max_side, draft_side, bool(strict)
+        self.exif_orientation = exif_orientation
         self.extensions = _check_extensions(extensions)
         self.classes, self.class_to_idx, self.samples = self._scan()
         self.targets = [label for _, label in self.samples]
@@ -332,7 +386,7 @@ class ImageFolder(torch.utils.data.Dataset):
         """The image of ``samples[index]``, with no skipping; :class:`ImageDecodeError` if bad."""
         path = self.samples[index][0]
         try:
-            return _decode(path, self.channels, self.max_side, self.draft_side)
+            return _decode(path, self.channels, self.max_side, self.draft_side, self.exif_orientation)
         except _Unreadable as e:
             raise ImageDecodeError(f"{path}: {e}") from None
 
@@ -347,7 +401,7 @@ class ImageFolder(torch.utils.data.Dataset):
                 continue
             path, label = self.samples[j]
             try:
-                return _decode(path, self.channels, self.max_side, self.draft_side), label
+                return _decode(path, self.channels, self.max_side, self.draft_side, self.exif_orientation), label
             except _Unreadable as e:
                 if self.strict:
                     raise ImageDecodeError(f"{path}: {e}") from None

@@ -272,6 +272,55 @@ def test_draft_side(photos, draft_side):
     assert drafted == {30: 6, 64: 6, 1000: 0}[draft_side]
 
 
+@pytest.fixture(scope="module")
+def oriented(tmp_path_factory):
+    """JPEG, PNG and WebP files (and one larger JPEG per orientation, for the DCT-scaled
+    route) with each EXIF orientation 1-8; returns the folder."""
+    root = tmp_path_factory.mktemp("exif")
+    a = _crop(skimage.data.chelsea(), 100, 160, 20, 30)
+    big = _crop(skimage.data.chelsea(), 200, 320)
+    for o in range(1, 9):
+        for name, arr, kw in ((f"o{o}.jpg", a, {"quality": 95}), (f"o{o}.png", a, {}),
+                              (f"o{o}.webp", a, {"lossless": True}), (f"o{o}_big.jpg", big, {"quality": 95})):
+            im = Image.fromarray(arr)
+            exif = im.getexif()
+            exif[0x0112] = o
+            im.save(root / name, exif=exif.tobytes(), **kw)
+    return root
+
+
+def _upright(path, draft=None):
+    """PIL's decode of ``path`` (DCT-scaled to ``draft`` if given), turned by ImageOps.exif_transpose."""
+    from PIL import ImageOps
+
+    with Image.open(path) as im:
+        if draft:
+            im.draft("RGB", draft)
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def test_exif_orientation_is_applied_on_every_route(oriented):
+    """Each EXIF orientation 1-8 turns the image as PIL's ImageOps.exif_transpose does: JPEG
+    and PNG through torchvision, WebP (whose EXIF torchvision ignores), the DCT-scaled JPEG route
+    (draft_side) and the resized one (max_side, whose size comes from the upright image);
+    exif_orientation=False leaves the pixels as stored. Fails with any two orientations'
+    transforms swapped (6 and 8: rotations the wrong way; 5 and 7), with WebP's orientation not
+    read, or with the orientation skipped on the PIL route."""
+    whole = ImageFolder(oriented)
+    drafted = ImageFolder(oriented, draft_side=100)
+    capped = ImageFolder(oriented, max_side=80)
+    stored = ImageFolder(oriented, exif_orientation=False)
+    for i, (path, _) in enumerate(whole.samples):
+        want = _upright(path)
+        assert np.array_equal(_rgb(whole[i][0]), want), path
+        if path.endswith("_big.jpg"):  # 200x320 at 1/2: PIL's draft route
+            assert np.array_equal(_rgb(drafted[i][0]), _upright(path, (160, 100))), path
+        assert capped[i][0].shape == (3, *_closed_form(*want.shape[:2], 80)), path
+        with Image.open(path) as im:
+            assert np.array_equal(_rgb(stored[i][0]), np.asarray(im.convert("RGB"))), path
+    assert whole[whole.samples.index((str(oriented / "o6.jpg"), -1))][0].shape == (3, 160, 100)
+
+
 def test_pil_fallback_for_formats_torchvision_cannot_read(tmp_path):
     """A BMP (extensions=(".bmp",)) is not torchvision's to decode: PIL's decode is used and
     matches PIL. Fails if the fallback is removed (the file would be skipped)."""
