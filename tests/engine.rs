@@ -1,10 +1,11 @@
 //! The engine without Python: construction, one step, rejection of bad views, checkpoint round trip.
 use byol_rs::config::{LearnerConfig, NetworkSettings, ScheduleSettings};
+use byol_rs::model::backbone::BackboneKind;
 use byol_rs::train::Learner;
 use tch::{Device, Kind, Tensor};
 
 fn tiny() -> Learner {
-    let network = NetworkSettings { backbone: "convnet".into(), in_channels: 1, projector_hidden: 16, projection_dim: 8, predictor_hidden: 16, ..Default::default() };
+    let network = NetworkSettings { backbone: BackboneKind::ConvNet, in_channels: 1, projector_hidden: 16, projection_dim: 8, predictor_hidden: 16, ..Default::default() };
     let schedule = ScheduleSettings { total_steps: 10, ..Default::default() };
     Learner::new(LearnerConfig { network, schedule, ..Default::default() }).unwrap()
 }

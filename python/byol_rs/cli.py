@@ -233,12 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), help="wall-time budget for training (default 10)")
     budget.add_argument("--epochs", type=_positive(float), help="train for this many epochs instead")
-    t.add_argument("--backbone", choices=["convnet", "resnet18", "resnet34", "resnet50"],
-                   help=f"default {recipe['backbone']}")
+    t.add_argument("--backbone", choices=SCHEMA["backbone"]["choices"], help=f"default {recipe['backbone']}")
     t.add_argument("--batch-size", type=_positive(int))
-    t.add_argument("--preset", choices=["40ep", "100ep", "300ep", "1000ep"],
+    t.add_argument("--preset", choices=SCHEMA["preset"]["choices"],
                    help=f"the paper's lr / weight decay / tau for that length (default {recipe['preset'] or 'none'})")
-    t.add_argument("--optimizer", choices=["lars", "sgd", "adamw"], help=f"default {recipe['optimizer']}")
+    t.add_argument("--optimizer", choices=SCHEMA["optimizer"]["choices"], help=f"default {recipe['optimizer']}")
     t.add_argument("--lr", type=_positive(float), help=f"base learning rate per 256 images (default {recipe['lr']})")
     t.add_argument("--view-fraction", type=_positive(float), metavar="F",
                    help="IDX, --dataset and folders of small images: training views' side as a fraction of the images' (default 0.72; 1: full size)")

@@ -6,6 +6,7 @@ orchestrates."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -13,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ import torch
 from . import data as datasets
 from . import run_files
 from .augment import Augment
+from .errors import ByolTypeError
 from .eval import LinearProbe, effective_rank, knn_accuracy, z_std
 from .learner import BYOL, SCHEMA
 from .progress import progress
@@ -130,6 +132,23 @@ class TrainConfig:
     @property
     def backbone(self) -> str:
         return self.learner_settings()["backbone"]
+
+
+def _refusing_learner_keywords(init: Any) -> Any:
+    """``TrainConfig(lr=...)`` names where a learner setting goes, instead of Python's bare
+    "unexpected keyword argument" (before ``learner``, some of them were TrainConfig fields)."""
+    own = {f.name for f in fields(TrainConfig)}
+
+    @functools.wraps(init)
+    def checked(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in own and key in _BYOL_ARGUMENTS:
+                raise ByolTypeError(f"TrainConfig: {key} is a byol_rs.BYOL setting; pass it as learner={{{key!r}: ...}}")
+        init(self, *args, **kwargs)
+    return checked
+
+
+TrainConfig.__init__ = _refusing_learner_keywords(TrainConfig.__init__)  # type: ignore[method-assign]
 
 
 def _saved_learner(saved: Dict[str, Any]) -> Dict[str, Any]:

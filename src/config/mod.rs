@@ -2,9 +2,9 @@
 //! refusal of settings known to collapse.
 use crate::augment::config::AugmentConfig;
 use crate::error::{value_error, Result};
-use crate::model::backbone::BackboneConfig;
+use crate::model::backbone::{BackboneConfig, BackboneKind};
 use crate::model::network::NetworkConfig;
-use crate::optim::OptimConfig;
+use crate::optim::{OptimConfig, OptimizerKind};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -30,8 +30,8 @@ config_enum! {
 settings! {
     /// The online network; the target copies its backbone and projector.
     pub struct NetworkSettings {
-        /// `resnet18`, `resnet34`, `resnet50` or `convnet`.
-        backbone: String = "resnet50".into(),
+        /// The encoder: a torchvision ResNet, or the small-image ConvNet.
+        backbone: BackboneKind = BackboneKind::ResNet50,
         /// 1 for grayscale, 3 for colour.
         in_channels: i64 = 3,
         /// 3x3 stride-1 stem and no max-pool, for images of 64 px or less.
@@ -45,8 +45,8 @@ settings! {
 settings! {
     /// The optimizer's own hyperparameters: the paper's LARS by default.
     pub struct OptimizerSettings {
-        /// `lars`, `sgd` or `adamw`.
-        optimizer: String = "lars".into(),
+        /// The paper's LARS, SGD with momentum (LARS without the trust ratio), or AdamW.
+        optimizer: OptimizerKind = OptimizerKind::Lars,
         weight_decay: f64 = 1.5e-6,
         /// Momentum of LARS / SGD (the paper's 0.9).
         optimizer_momentum: f64 = 0.9,
@@ -70,9 +70,9 @@ settings! {
         final_lr: f64 = 0.0,
         tau_base: f64 = 0.996,
         tau_final: f64 = 1.0,
-        /// `40ep`, `100ep`, `300ep` or `1000ep`: the paper's lr, weight decay and tau for that
-        /// length, with 10 warm-up epochs; needs `steps_per_epoch`.
-        preset: Option<String> = None,
+        /// The paper's lr, weight decay and tau for that length, with 10 warm-up epochs; needs
+        /// `steps_per_epoch`.
+        preset: Option<Preset> = None,
         steps_per_epoch: Option<i64> = None,
     }
 }
@@ -153,13 +153,22 @@ pub struct LearnerConfig {
     pub run: RunSettings,
 }
 
-/// The paper's settings by length (appendix, table of presets): epochs, lr, weight decay, tau.
-const PRESETS: [(&str, i64, f64, f64, f64); 4] = [
-    ("40ep", 40, 0.45, 1e-6, 0.97),
-    ("100ep", 100, 0.45, 1e-6, 0.99),
-    ("300ep", 300, 0.3, 1e-6, 0.99),
-    ("1000ep", 1000, 0.2, 1.5e-6, 0.996),
-];
+config_enum! {
+    /// A training length of the paper's (appendix, table of presets).
+    pub enum Preset { Ep40 = "40ep", Ep100 = "100ep", Ep300 = "300ep", Ep1000 = "1000ep" }
+}
+
+impl Preset {
+    /// Epochs, lr, weight decay and tau.
+    fn settings(self) -> (i64, f64, f64, f64) {
+        match self {
+            Preset::Ep40 => (40, 0.45, 1e-6, 0.97),
+            Preset::Ep100 => (100, 0.45, 1e-6, 0.99),
+            Preset::Ep300 => (300, 0.3, 1e-6, 0.99),
+            Preset::Ep1000 => (1000, 0.2, 1.5e-6, 0.996),
+        }
+    }
+}
 const WARMUP_EPOCHS: i64 = 10;
 
 impl LearnerConfig {
@@ -193,10 +202,8 @@ impl LearnerConfig {
     /// Applies the preset and the per-optimizer default lr, then validates.
     pub fn resolve(mut self) -> Result<Self> {
         let s = &mut self.schedule;
-        if let Some(name) = s.preset.clone() {
-            let Some(&(_, epochs, lr, wd, tau)) = PRESETS.iter().find(|p| p.0 == name) else {
-                return Err(value_error("preset", format!("expected one of 40ep, 100ep, 300ep, 1000ep; got {name:?}")));
-            };
+        if let Some(preset) = s.preset {
+            let (epochs, lr, wd, tau) = preset.settings();
             let Some(spe) = s.steps_per_epoch.filter(|&v| v > 0) else {
                 return Err(value_error("steps_per_epoch", "a preset needs the number of optimizer steps per epoch (> 0)"));
             };
@@ -207,10 +214,10 @@ impl LearnerConfig {
             s.warmup_steps = (WARMUP_EPOCHS * spe).min(s.total_steps);
         }
         if s.lr.is_none() {
-            s.lr = Some(match self.optim.optimizer.as_str() {
-                "adamw" => 1e-3,
-                "sgd" => 0.05,
-                _ => 0.2,
+            s.lr = Some(match self.optim.optimizer {
+                OptimizerKind::AdamW => 1e-3,
+                OptimizerKind::Sgd => 0.05,
+                OptimizerKind::Lars => 0.2,
             });
         }
         self.validate()?;
@@ -260,7 +267,6 @@ impl LearnerConfig {
             return Err(value_error("loss_scale_growth_interval", format!("must be >= 1, got {}", amp.loss_scale_growth_interval)));
         }
         self.device()?;
-        self.optim().validate_name()?;
         if !self.run.allow_unsafe {
             self.refuse_known_collapses(lr)?;
         }
@@ -269,11 +275,11 @@ impl LearnerConfig {
 
     /// Settings that are known to diverge or collapse; `allow_unsafe=True` accepts them.
     fn refuse_known_collapses(&self, lr: f64) -> Result<()> {
-        let optimizer = self.optim.optimizer.as_str();
-        if optimizer == "adamw" && lr >= 0.2 {
+        let adamw = self.optim.optimizer == OptimizerKind::AdamW;
+        if adamw && lr >= 0.2 {
             return Err(value_error("lr", format!("{lr} is a LARS-scale learning rate; AdamW at 0.2 or more diverges and the representation collapses. Use about 1e-3 with AdamW, or pass allow_unsafe=True")));
         }
-        if optimizer != "adamw" && lr > 10.0 {
+        if !adamw && lr > 10.0 {
             return Err(value_error("lr", format!("{lr} per 256 images is far above the paper's 0.2-0.45 and diverges; pass allow_unsafe=True to insist")));
         }
         if self.method.momentum && self.schedule.tau_base < 0.9 {
@@ -285,7 +291,7 @@ impl LearnerConfig {
     pub fn network(&self) -> NetworkConfig {
         let n = &self.network;
         NetworkConfig {
-            backbone: BackboneConfig { name: n.backbone.clone(), in_channels: n.in_channels, small_image: n.small_image },
+            backbone: BackboneConfig { name: n.backbone, in_channels: n.in_channels, small_image: n.small_image },
             projector_hidden: n.projector_hidden,
             projection_dim: n.projection_dim,
             predictor_hidden: n.predictor_hidden,
@@ -295,7 +301,7 @@ impl LearnerConfig {
     pub fn optim(&self) -> OptimConfig {
         let o = &self.optim;
         OptimConfig {
-            name: o.optimizer.clone(),
+            name: o.optimizer,
             weight_decay: o.weight_decay,
             momentum: o.optimizer_momentum,
             eta: o.eta,
@@ -336,15 +342,6 @@ pub fn parse_device(d: &str) -> Result<Device> {
     Ok(Device::Cuda(index))
 }
 
-impl OptimConfig {
-    fn validate_name(&self) -> Result<()> {
-        match self.name.as_str() {
-            "lars" | "sgd" | "adamw" => Ok(()),
-            other => Err(value_error("optimizer", format!("expected lars, sgd or adamw; got {other:?}"))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +349,7 @@ mod tests {
     #[test]
     fn preset_sets_paper_values() {
         let mut c = LearnerConfig::default();
-        (c.schedule.preset, c.schedule.steps_per_epoch) = (Some("300ep".into()), Some(10));
+        (c.schedule.preset, c.schedule.steps_per_epoch) = (Some(Preset::Ep300), Some(10));
         let c = c.resolve().unwrap();
         let s = &c.schedule;
         assert_eq!((s.lr, c.optim.weight_decay, s.tau_base, s.total_steps, s.warmup_steps), (Some(0.3), 1e-6, 0.99, 3000, 100));
@@ -361,7 +358,7 @@ mod tests {
     #[test]
     fn adam_with_lars_lr_is_refused_unless_allowed() {
         let mut c = LearnerConfig::default();
-        (c.optim.optimizer, c.schedule.lr) = ("adamw".into(), Some(0.2));
+        (c.optim.optimizer, c.schedule.lr) = (OptimizerKind::AdamW, Some(0.2));
         assert!(c.clone().resolve().unwrap_err().to_string().starts_with("lr: 0.2 is a LARS-scale"));
         c.run.allow_unsafe = true;
         assert!(c.resolve().is_ok());

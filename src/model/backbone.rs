@@ -1,6 +1,7 @@
 //! Backbones with torchvision's module layout, so that VarStore names equal torchvision's
 //! state-dict keys (He et al., "Deep Residual Learning", arXiv 1512.03385; torchvision v1.5
 //! bottleneck with the stride on the 3x3 conv). The classifier `fc` is left out.
+use crate::config::schema::config_enum;
 use crate::error::{value_error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -8,11 +9,15 @@ use tch::Tensor;
 use super::conv::Conv;
 use super::norm::{norm, Norm, SyncHandle};
 
+config_enum! {
+    /// The encoder: a torchvision ResNet, or the small-image ConvNet.
+    pub enum BackboneKind { ResNet18 = "resnet18", ResNet34 = "resnet34", ResNet50 = "resnet50", ConvNet = "convnet" }
+}
+
 /// Which encoder, and how its stem is shaped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackboneConfig {
-    /// `resnet18`, `resnet34`, `resnet50` or `convnet`.
-    pub name: String,
+    pub name: BackboneKind,
     /// 1 for grayscale, 3 for colour.
     pub in_channels: i64,
     /// 3x3 stride-1 stem and no max-pool, for images of 64 px or less.
@@ -21,15 +26,11 @@ pub struct BackboneConfig {
 
 impl BackboneConfig {
     /// Width of the feature vector the backbone returns.
-    pub fn feature_dim(&self) -> Result<i64> {
-        match self.name.as_str() {
-            "resnet18" | "resnet34" => Ok(512),
-            "resnet50" => Ok(2048),
-            "convnet" => Ok(256),
-            other => Err(value_error(
-                "backbone",
-                format!("expected one of resnet18, resnet34, resnet50, convnet; got {other:?}"),
-            )),
+    pub fn feature_dim(&self) -> i64 {
+        match self.name {
+            BackboneKind::ResNet18 | BackboneKind::ResNet34 => 512,
+            BackboneKind::ResNet50 => 2048,
+            BackboneKind::ConvNet => 256,
         }
     }
 }
@@ -108,12 +109,11 @@ pub fn backbone(p: &nn::Path, cfg: &BackboneConfig, sync: Option<&SyncHandle>) -
     if cfg.in_channels < 1 {
         return Err(value_error("in_channels", format!("must be >= 1, got {}", cfg.in_channels)));
     }
-    let (layers, bottleneck): (&[i64], bool) = match cfg.name.as_str() {
-        "resnet18" => (&[2, 2, 2, 2], false),
-        "resnet34" => (&[3, 4, 6, 3], false),
-        "resnet50" => (&[3, 4, 6, 3], true),
-        "convnet" => return Ok(convnet(p, cfg.in_channels, sync)),
-        _ => return Err(cfg.feature_dim().unwrap_err()),
+    let (layers, bottleneck): (&[i64], bool) = match cfg.name {
+        BackboneKind::ResNet18 => (&[2, 2, 2, 2], false),
+        BackboneKind::ResNet34 => (&[3, 4, 6, 3], false),
+        BackboneKind::ResNet50 => (&[3, 4, 6, 3], true),
+        BackboneKind::ConvNet => return Ok(convnet(p, cfg.in_channels, sync)),
     };
     let stem = if cfg.small_image {
         (Conv::new(p / "conv1", cfg.in_channels, 64, 3, 1, 1), bn(p / "bn1", 64, sync))

@@ -17,7 +17,6 @@ pub struct NetworkConfig {
 
 impl NetworkConfig {
     pub fn validate(&self) -> Result<()> {
-        self.backbone.feature_dim()?;
         for (arg, v) in [
             ("projector_hidden", self.projector_hidden),
             ("projection_dim", self.projection_dim),
@@ -44,7 +43,7 @@ pub const MODULE_ORDER: [&str; 3] = ["backbone", "projector", "predictor"];
 
 pub fn network(p: &nn::Path, cfg: &NetworkConfig, with_predictor: bool, sync: Option<&SyncHandle>) -> Result<Network> {
     cfg.validate()?;
-    let feat = cfg.backbone.feature_dim()?;
+    let feat = cfg.backbone.feature_dim();
     Ok(Network {
         backbone: backbone(&(p / "backbone"), &cfg.backbone, sync)?,
         projector: mlp(&(p / "projector"), feat, cfg.projector_hidden, cfg.projection_dim, sync),

@@ -6,16 +6,21 @@ mod lars;
 pub use adamw::AdamW;
 pub use lars::Lars;
 
+use crate::config::schema::config_enum;
 use crate::error::{value_error, Result};
 use crate::model::flat::FlatTensors;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+config_enum! {
+    /// The paper's LARS, plain SGD with momentum (LARS without the trust ratio), or AdamW.
+    pub enum OptimizerKind { Lars = "lars", Sgd = "sgd", AdamW = "adamw" }
+}
+
 /// Hyperparameters of every optimizer (defaults: `config::OptimizerSettings`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
-    /// `lars`, `sgd` or `adamw`.
-    pub name: String,
+    pub name: OptimizerKind,
     pub weight_decay: f64,
     pub momentum: f64,
     /// LARS trust coefficient.
@@ -42,22 +47,21 @@ pub fn build(cfg: &OptimConfig, params: &FlatTensors, excluded: &[bool]) -> Resu
     if !(0.0..1.0).contains(&cfg.momentum) {
         return Err(value_error("optimizer_momentum", format!("must lie in [0, 1), got {}", cfg.momentum)));
     }
-    match cfg.name.as_str() {
-        "lars" => {
+    match cfg.name {
+        OptimizerKind::Lars => {
             if !(cfg.eta > 0.0) {
                 return Err(value_error("eta", format!("must be > 0, got {}", cfg.eta)));
             }
             Ok(Box::new(Lars::new(params, excluded, cfg.weight_decay, cfg.momentum, Some(cfg.eta))?))
         }
-        "sgd" => Ok(Box::new(Lars::new(params, excluded, cfg.weight_decay, cfg.momentum, None)?)),
-        "adamw" => {
+        OptimizerKind::Sgd => Ok(Box::new(Lars::new(params, excluded, cfg.weight_decay, cfg.momentum, None)?)),
+        OptimizerKind::AdamW => {
             let (b1, b2) = cfg.betas;
             if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
                 return Err(value_error("betas", format!("both must lie in [0, 1), got {:?}", cfg.betas)));
             }
             Ok(Box::new(AdamW::new(params, excluded, cfg.weight_decay, cfg.betas, cfg.eps)?))
         }
-        other => Err(value_error("optimizer", format!("expected lars, sgd or adamw; got {other:?}"))),
     }
 }
 

@@ -176,13 +176,13 @@ def test_non_finite_loss_can_be_skipped_and_counted():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(backbone="vgg"), "backbone: expected one of"),
-        (dict(optimizer="adam"), "optimizer: expected lars, sgd or adamw"),
+        (dict(backbone="vgg"), "backbone: expected 'resnet18', 'resnet34', 'resnet50' or 'convnet', got \"vgg\""),
+        (dict(optimizer="adam"), "optimizer: expected 'lars', 'sgd' or 'adamw', got \"adam\""),
         (dict(optimizer="adamw", lr=0.2), "lr: 0.2 is a LARS-scale learning rate"),
         (dict(tau_base=0.5), "tau_base: 0.5 makes the target"),
         (dict(tau_base=1.5, allow_unsafe=True), "tau_base: must lie in"),
         (dict(warmup_steps=50, total_steps=10), "warmup_steps: must lie in"),
-        (dict(preset="200ep", steps_per_epoch=1), "preset: expected one of"),
+        (dict(preset="200ep", steps_per_epoch=1), "preset: expected '40ep', '100ep', '300ep' or '1000ep'"),
         (dict(preset="40ep"), "steps_per_epoch: a preset needs"),
         (dict(device="tpu"), "device: expected 'cpu'"),
         (dict(precision="fp8"), "precision: expected"),

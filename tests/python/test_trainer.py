@@ -163,6 +163,15 @@ def test_learner_keys_the_trainer_sets_or_byol_lacks_are_refused(key, needle):
         TrainConfig(learner={key: 1})
 
 
+@pytest.mark.parametrize("key", ["lr", "backbone", "weight_decay"])
+def test_a_learner_setting_given_to_trainconfig_names_where_it_goes(key):
+    """Learner settings go in ``learner=``; given as TrainConfig keywords (as before ``learner``),
+    the TypeError says so. Fails without the check (Python's bare unexpected-keyword error)."""
+    with pytest.raises(TypeError, match=rf"TrainConfig: {key} is a byol_rs.BYOL setting; pass it as learner={{'{key}': ...}}"):
+        TrainConfig(**{key: 1})
+    assert TrainConfig(batch_size=8, seed=3, device="cpu").batch_size == 8  # its own fields, named alike
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "byol_rs", *args], capture_output=True, text=True, timeout=300, **kw)
 
