@@ -17,7 +17,7 @@ import copy
 import io
 import os
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -355,12 +355,12 @@ class ImageFolder(torch.utils.data.Dataset):
                     f"put every image in a class subfolder (labelled) or none in one (unlabelled)")
             return [], {}, [(os.path.join(root, name), -1) for name in loose]
         if not any(per_class.values()):
-            raise DatasetError(f"{root} holds no image files ({exts}), directly or in subfolders")
+            raise DatasetError(f"{root} holds no image files ({exts}), directly or in subfolders{_other_files(root)}")
         empty = [c for c in classes if not per_class[c]]
         if empty:
             more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
             raise DatasetError(f"class folder {os.path.join(root, empty[0])} holds no image files "
-                               f"({exts}){more}; add images or remove it")
+                               f"({exts}){more}{_other_files(os.path.join(root, empty[0]))}; add images or remove it")
         class_to_idx = {c: i for i, c in enumerate(classes)}
         return classes, class_to_idx, [(p, class_to_idx[c]) for c in classes for p in per_class[c]]
 
@@ -422,6 +422,21 @@ class ImageFolder(torch.utils.data.Dataset):
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         return (f"ImageFolder({self.root!r}, {len(self)} images, {kind}, channels={self.channels}, "
                 f"max_side={self.max_side}, draft_side={self.draft_side}, strict={self.strict})")
+
+
+def _other_files(folder: str) -> str:
+    """What a folder without readable extensions holds instead, for its error: iPhone photos
+    (.heic), say, or TIFF scans (``extensions=`` can name endings that PIL reads)."""
+    counts: Dict[str, int] = {}
+    for _, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            ext = os.path.splitext(name)[1].lower() or "(no extension)"
+            counts[ext] = counts.get(ext, 0) + 1
+    if not counts:
+        return ""
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{n} {ext}" for ext, n in top[:3]) + (", ..." if len(top) > 3 else "")
+    return f" (it holds {listed} files instead; convert them to JPEG, PNG or WebP)"
 
 
 def collate_images(batch: Sequence[Tuple[torch.Tensor, int]]) -> Tuple[List[torch.Tensor], torch.Tensor]:

@@ -469,7 +469,10 @@ def test_construction_errors(tmp_path):
     (tmp_path / "noimg/sub").mkdir(parents=True)
     (tmp_path / "noimg/readme.txt").write_text("x")
     (tmp_path / "noimg/sub/a.gif").write_bytes(b"x")
-    fails(tmp_path / "noimg", "holds no image files")
+    for i in range(3):
+        (tmp_path / f"noimg/sub/IMG_{i}.HEIC").write_bytes(b"x")
+    # says what it found instead: an iPhone's .heic photos, here
+    fails(tmp_path / "noimg", r"holds no image files .* \(it holds 3 \.heic, 1 \.gif, 1 \.txt files instead; convert them")
     (tmp_path / "cls/a").mkdir(parents=True)
     (tmp_path / "cls/b/deep").mkdir(parents=True)
     img.save(tmp_path / "cls/a/x.png")
