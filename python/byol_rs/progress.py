@@ -25,7 +25,7 @@ class LineProgress:
         self.total, self.n, self.every = total, initial, every
         self.stream = stream or sys.stdout
         self.start = self.last = time.perf_counter()
-        self.start_n = initial
+        self.start_n = self.printed_n = initial
         self.postfix: Dict[str, str] = {}
 
     def set_postfix(self, refresh: bool = False, **values: Any) -> None:
@@ -44,13 +44,14 @@ class LineProgress:
         eta = f" ETA {_clock(per_step * max(self.total - self.n, 0))}" if done else ""
         fields = "".join(f" {k} {v}" for k, v in self.postfix.items())
         pct = 100.0 * self.n / self.total if self.total else 100.0
+        self.printed_n = self.n
         self.write(f"step {self.n}/{self.total} ({pct:.0f} %){fields} elapsed {_clock(now - self.start)}{eta}")
 
     def write(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.n != self.start_n:
+        if self.n != self.printed_n:  # the last step's line, unless it is out already
             self._line(time.perf_counter())
 
 

@@ -307,6 +307,22 @@ def test_sigkill_mid_checkpoint_write_never_loads_a_torn_file(tmp_path):
     _resume_and_compare(tmp_path, out)
 
 
+@pytest.mark.parametrize("every,lines", [(0.0, ["step 1/3", "step 2/3", "step 3/3"]), (1e9, ["step 3/3"])])
+def test_plain_progress_prints_the_last_step_once(every, lines):
+    """A line per interval and the last step's at close, never twice. Fails with close printing
+    unconditionally (the last line doubled when its update had printed it)."""
+    import io
+
+    from byol_rs.progress import LineProgress
+
+    out = io.StringIO()
+    bar = LineProgress(3, every=every, stream=out)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert [line.split(" (")[0] for line in out.getvalue().splitlines()] == lines
+
+
 def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
     r = _cli("train", "--dataset", "digits", "--epochs", "40", "--batch-size", "128", "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
