@@ -41,6 +41,9 @@ POSTFIX_EVERY_SECONDS = 2.0
 # of what remains each time, counted in steps or in time (Trainer._replan_after).
 FIRST_REPLAN, LATER_REPLANS = 0.15, 0.25
 REPLAN_MIN_STEPS = 3  # steps a re-plan's speed is measured over, at the least
+# The plan's probe of the step time stops early after this share of the budget (at least
+# PROBE_MIN_SECONDS), having timed one step at least.
+PROBE_SHARE, PROBE_MIN_SECONDS = 0.05, 5.0
 # New rows go to metrics.csv this often, and at each checkpoint.
 ROWS_EVERY_SECONDS = 5.0
 OUTPUTS = ("metrics.csv", "report.json", "curves.png", CHECKPOINT, STATE)
@@ -332,15 +335,23 @@ class Trainer:
     def _time_steps(self) -> int:
         probe = _learner(self.cfg, self.source, 10_000, self.steps_per_epoch, distributed=False)
         batch = self.source.probe_batch(self.cfg.batch_size // self.world)
-        for _ in range(3):  # warm-up: the first steps fault in memory and are slow
+        budget = self.cfg.minutes * 60
+        # 3 warm-up steps (the first fault in memory and are slow), then 5 timed, or fewer where
+        # steps are slow: the run re-plans from its own speed anyway, and a ResNet-18 at 224 px
+        # on 2 cores (12 s a step) spent 96 s probing for a 1-minute run.
+        allowed = max(PROBE_MIN_SECONDS, PROBE_SHARE * budget)
+        start = time.perf_counter()
+        for _ in range(3):
             probe.step(batch)
-        times = []
-        for _ in range(5):
+            if time.perf_counter() > start + allowed / 2:
+                break
+        deadline = start + allowed
+        times: List[float] = []
+        while len(times) < 5 and (not times or time.perf_counter() < deadline):
             t0 = time.perf_counter()
             probe.step(batch)
             times.append(time.perf_counter() - t0)
         per_step = sorted(times)[len(times) // 2]  # the median: one slow step must not shrink the plan
-        budget = self.cfg.minutes * 60
         evals = budget / (self.cfg.eval_every_minutes * 60) if self._evaluates() else 0
         eval_cost = evals * self._knn_seconds(per_step)
         return max(1, int((budget - eval_cost) / per_step))
@@ -462,6 +473,10 @@ class Trainer:
                        "seconds": round(self.elapsed, 2), "loss": None, "lr": m["lr"],
                        "tau": m["tau"], "z_std": None, "knn": ""}
                 self._unread.append((row, m))
+                if step == start_step + 1:
+                    # The call's first step starts the loader's workers and faults in memory (20 s
+                    # of a ResNet-18 run's 12 s steps): the re-plans measure from the next one.
+                    stepping, window_start = 0.0, step
                 if replan is not None and step < self.total_steps and (
                         step >= replan[0] or (stepping >= replan[1] and step - window_start >= REPLAN_MIN_STEPS)):
                     self._replan(step, stepping / (step - window_start), eval_seconds)

@@ -72,6 +72,29 @@ def test_a_run_slower_than_its_probe_replans_on_time_not_steps(tmp_path, monkeyp
     assert t.learner.config["total_steps"] == result["steps"]
 
 
+def test_the_plan_probe_stops_early_when_steps_are_slow(tmp_path, monkeypatch):
+    """The probe times 3 warm-up and 5 timed steps, or fewer once PROBE_SHARE of the budget (at
+    least PROBE_MIN_SECONDS) has gone: with 0.3 s steps and 0.5 s allowed, one warm-up and one
+    timed step, and the plan is the budget over that step's time. Fails without the early stop
+    (8 probe steps)."""
+    import byol_rs.trainer as trainer_module
+
+    t = Trainer(TrainConfig(epochs=1, out=str(tmp_path), **TINY))
+    calls = []
+
+    class Slow:
+        def step(self, batch):
+            calls.append(1)
+            time.sleep(0.3)
+
+    monkeypatch.setattr(trainer_module, "_learner", lambda *a, **k: Slow())
+    monkeypatch.setattr(trainer_module, "PROBE_MIN_SECONDS", 0.5)
+    t.cfg = replace(t.cfg, minutes=0.1, epochs=None)  # 6 s: PROBE_SHARE of it is below 0.5 s
+    planned = t._time_steps()
+    assert len(calls) == 2
+    assert 0.9 * 6 / 0.3 <= planned <= 6 / 0.3
+
+
 def test_report_files_and_gain_fields(tmp_path):
     t = Trainer(TrainConfig(epochs=2, out=str(tmp_path), **TINY))
     t.train()
