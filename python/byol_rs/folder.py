@@ -360,7 +360,8 @@ class ImageFolder(torch.utils.data.Dataset):
         if empty:
             more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
             raise DatasetError(f"class folder {os.path.join(root, empty[0])} holds no image files "
-                               f"({exts}){more}{_other_files(os.path.join(root, empty[0]))}; add images or remove it")
+                               f"({exts}){more}{_other_files(os.path.join(root, empty[0]))}; add images or remove it "
+                               f"(every subfolder of {root} is a class)")
         class_to_idx = {c: i for i, c in enumerate(classes)}
         return classes, class_to_idx, [(p, class_to_idx[c]) for c in classes for p in per_class[c]]
 
