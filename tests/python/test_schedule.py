@@ -1,8 +1,10 @@
 """Schedules against the closed forms of the official BYOL code (utils/schedules.py).
 
 Both sides evaluate the closed form in float64, a handful of roundings apart: the floor is one
-float64 ulp of the value's scale (1 for tau, lr for the learning rate), the tolerance K = 10
-times it. Measured: equal (0 ulps) over 200,000 random cases of each. Mutation checked by hand
+float64 ulp of the value's scale (1 for tau, lr for the learning rate), and at least the
+smallest subnormal, ``math.ulp(0.0)``, which is where a subnormal lr's products round (lr =
+5e-324: the closed form's ``lr * 0.5`` rounds to 0, the engine's order keeps 5e-324); the
+tolerance K = 10 times it. Measured: equal (0 ulps) over 200,000 random cases of each. Mutation checked by hand
 (fails): the step read as k + 1 (the schedules one step off).
 """
 
@@ -10,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import byol_rs
 from floors import K, eps
@@ -30,6 +32,7 @@ def test_cosine_tau_end_points():
 
 
 @given(k=st.integers(0, 3000), total=st.integers(1, 1000), warm=st.integers(0, 1000), lr=st.floats(0, 10))
+@example(k=0, total=1, warm=0, lr=5e-324)  # a subnormal lr (found by hypothesis)
 def test_warmup_cosine_closed_form(k, total, warm, lr):
     warm = min(warm, total)
     if k < warm:
@@ -38,7 +41,7 @@ def test_warmup_cosine_closed_form(k, total, warm, lr):
         want = 0.0
     else:
         want = lr * 0.5 * (1 + math.cos(math.pi * min(k - warm, total - warm) / (total - warm)))
-    assert byol_rs.warmup_cosine_lr(k, total, warm, lr) == pytest.approx(want, rel=0, abs=K * EPS64 * lr)
+    assert byol_rs.warmup_cosine_lr(k, total, warm, lr) == pytest.approx(want, rel=0, abs=K * max(EPS64 * lr, math.ulp(0.0)))
 
 
 @pytest.mark.parametrize(
